@@ -1,0 +1,39 @@
+# Two commands do all the set-up: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# torch: the CPU wheel pinned here; a bare `torch` requirement would pull a multi-GB CUDA build.
+TORCH_PIN := torch==2.13.0
+WHEELS ?= /opt/wheels
+FIND_LINKS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),)
+
+.PHONY: demo test test-all lint bench clean
+
+$(VENV)/.core:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(FIND_LINKS) $(TORCH_PIN)
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.core pyproject.toml
+	$(PIP) install -q $(FIND_LINKS) -e ".[torch,dev]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/madloop run examples/mad-gaussian.toml --out runs/demo
+
+test: $(VENV)/.installed
+	RAY_USAGE_STATS_ENABLED=0 $(PY) -m pytest -n 2
+
+test-all: $(VENV)/.installed
+	RAY_USAGE_STATS_ENABLED=0 $(PY) -m pytest -n 2 -m ""
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/gaussian_loop.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

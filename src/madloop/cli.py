@@ -1,0 +1,146 @@
+"""The ``madloop`` command: parses arguments into configs and calls experiment / sweep / report.
+
+Bad input gets one line per problem and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from madloop.experiment import ConfigError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Simulate, measure and explain self-consuming (autophagous) training loops.",
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+console = Console()
+
+
+def fail(problems: list[str], code: int = 2) -> None:
+    for line in problems:
+        err.print(f"[red]error[/red]: {line}", markup=True, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+ConfigArg = Annotated[Path, typer.Argument(help="Experiment config (TOML).", show_default=False)]
+
+
+@app.command("run")
+def run_cmd(
+    config: ConfigArg,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Override the config's seed.")] = None,
+    generations: Annotated[int | None, typer.Option(help="Override generations.")] = None,
+    replicates: Annotated[int | None, typer.Option(help="Override replicates.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Run every arm of CONFIG and write metrics.parquet, summary.csv, manifest.json, plots/."""
+    from madloop.experiment import parse, run
+
+    try:
+        base, arms = parse(config, seed=seed, generations=generations, replicates=replicates)
+    except ConfigError as e:
+        fail(e.problems)
+    out = out or Path("runs") / base.name
+    total = sum(a.config.generations for a in arms)
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=quiet,
+    ) as bar:
+        task = bar.add_task(base.name, total=total)
+
+        def progress(arm: str, generation: int, generations: int) -> None:
+            bar.update(task, advance=1, description=f"{base.name} [{arm}] gen {generation}")
+
+        try:
+            result = run(
+                config, out=out, seed=seed, generations=generations, replicates=replicates,
+                progress=progress,
+            )
+        except ConfigError as e:
+            fail(e.problems)
+    last = result.summary[result.summary["generation"] == result.summary["generation"].max()]
+    table = Table(title=f"{base.name}: generation {int(last['generation'].max())}", box=None)
+    for col in ("arm", "metric", "mean", "std_error", "theory"):
+        table.add_column(col, justify="left" if col in ("arm", "metric") else "right")
+    for row in last.itertuples():
+        table.add_row(
+            row.arm, row.metric, f"{row.mean:.4g}", f"{row.std_error:.2g}", f"{row.theory:.4g}"
+        )
+    if not quiet:
+        console.print(table)
+    console.print(f"wrote {out}")
+
+
+@app.command("theory")
+def theory_cmd(
+    config: ConfigArg,
+    generations: Annotated[int | None, typer.Option(help="Override generations.")] = None,
+    every: Annotated[int, typer.Option(help="Print every k-th generation.")] = 0,
+) -> None:
+    """Print the closed-form predictions for each arm of CONFIG."""
+    from madloop.experiment import parse, theory_frame
+
+    try:
+        _, arms = parse(config, generations=generations)
+    except ConfigError as e:
+        fail(e.problems)
+    frame = theory_frame(arms)
+    if frame.empty:
+        console.print("no closed-form theory for this config (it needs Gaussian data and model)")
+        return
+    wide = frame.pivot_table(index=["arm", "generation"], columns="metric", values="theory")
+    wide = wide.reset_index()
+    T = int(wide["generation"].max())
+    step = every or max(1, T // 10)
+    keep = (wide["generation"] % step == 0) | (wide["generation"] == 1) | (wide["generation"] == T)
+    table = Table(title="E[metric] by generation (closed form)", box=None)
+    for col in wide.columns:
+        table.add_column(str(col), justify="right")
+    for row in wide[keep].itertuples(index=False):
+        table.add_row(*(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row))
+    console.print(table)
+
+
+@app.command("validate")
+def validate_cmd(config: ConfigArg) -> None:
+    """Check CONFIG and list its arms without running anything."""
+    from madloop.experiment import parse
+
+    try:
+        _, arms = parse(config)
+    except ConfigError as e:
+        fail(e.problems)
+    for arm in arms:
+        c = arm.config
+        console.print(
+            f"{arm.name}: {c.loop.regime}, {c.model.family} on {c.data.source}, "
+            f"bias {c.sampling.bias}, {c.generations} generations x {c.replicates} replicates"
+        )
+
+
+def main() -> None:
+    try:
+        app()
+    except ConfigError as e:  # raised from deep inside a command
+        for line in e.problems:
+            print(f"error: {line}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,604 @@
+"""Experiments: a validated config, its arms, the run and its directory.
+
+A config (TOML) has top-level ``name``, ``seed``, ``generations``, ``replicates`` and the tables
+``[data]``, ``[model]``, ``[sampling]``, ``[loop]``, plus optional ``[[arms]]``: variants, each a
+name plus dotted-key overrides of the base config. Each table is validated by the class that its
+source / family / regime registered, so new ones bring their own fields. Every problem is reported
+at once, one line each, naming the field, the value and the fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import tomllib
+import zlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError
+
+from madloop.configs import DataConfig, ModelConfig, SamplingConfig, Section
+from madloop.data import build_source, load_sources
+from madloop.loop import GenerationRecord, Loop
+from madloop.models.base import build_model, load_families
+from madloop.regimes import REGIMES, Regime
+from madloop.types import SOURCE_NAMES
+
+SizeField = int | list[int]
+
+
+class ConfigError(ValueError):
+    """An invalid config; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class LoopConfig(Section):
+    regime: str = "fully-synthetic"
+    real_size: SizeField = 0
+    synthetic_size: SizeField = 100
+    initial_real_size: int | None = Field(None, ge=1)
+
+
+class _TopLevel(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    name: str = "experiment"
+    seed: int = Field(0, ge=0, lt=2**63)
+    generations: int = Field(10, ge=1, le=1_000_000)
+    replicates: int = Field(1, ge=1, le=1_000_000)
+    include_base: bool = True
+    arms: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class ExperimentConfig(_TopLevel):
+    """A resolved, validated experiment: the top-level fields and one validated table each."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: SerializeAsAny[DataConfig]
+    model: SerializeAsAny[ModelConfig]
+    sampling: SamplingConfig = SamplingConfig()
+    loop: SerializeAsAny[LoopConfig] = LoopConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+TOP_LEVEL = set(ExperimentConfig.model_fields)
+
+
+# -- parsing --------------------------------------------------------------------------------------
+def _suggest(key: str, options: Iterable[str]) -> str:
+    match = difflib.get_close_matches(key, list(options), n=1, cutoff=0.5)
+    return f"; did you mean '{match[0]}'?" if match else ""
+
+
+def _format_errors(prefix: str, err: ValidationError, cls: type[BaseModel]) -> list[str]:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-after",)))
+        # union members show up as extra location parts: keep the field path only
+        loc = ".".join(p for p in loc.split(".") if p not in {"int", "list[int]", "float",
+                                                               "list[float]", "str",
+                                                               "list[list[float]]"}
+                       and not p.startswith(("literal[", "function")))
+        where = f"{prefix}.{loc}" if loc else prefix
+        if e["type"] == "extra_forbidden":
+            key = str(e["loc"][-1])
+            lines.append(
+                f"{where}: unknown key{_suggest(key, cls.model_fields)} "
+                f"(valid: {', '.join(sorted(cls.model_fields))})"
+            )
+            continue
+        msg = e["msg"].removeprefix("Value error, ")
+        value = e.get("input")
+        shown = "" if isinstance(value, dict) or e["type"] == "missing" else f", got {value!r}"
+        if msg.startswith(tuple(f"{f}:" for f in cls.model_fields)):
+            where = f"{prefix}.{msg.split(':', 1)[0]}"
+            msg = msg.split(":", 1)[1].strip()
+            shown = ""
+        lines.append(f"{where}: {msg.lower() if msg[:1].isupper() else msg}{shown}")
+    return sorted(set(lines), key=lines.index)
+
+
+def _nest_dotted(table: Mapping[str, Any]) -> dict[str, Any]:
+    """{"sampling.bias": 0.8} -> {"sampling": {"bias": 0.8}} (TOML dotted keys already nest)."""
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        if isinstance(value, Mapping):
+            value = _nest_dotted(value)
+        if isinstance(node.get(parts[-1]), dict) and isinstance(value, dict):
+            node[parts[-1]] = deep_merge(node[parts[-1]], value)
+        else:
+            node[parts[-1]] = value
+    return out
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(dict(base))
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _section(
+    raw: Mapping[str, Any],
+    name: str,
+    key: str,
+    registry: Mapping[str, Any],
+    default_choice: str | None,
+    problems: list[str],
+) -> Any:
+    table = raw.get(name, {})
+    if not isinstance(table, Mapping):
+        problems.append(f"{name}: must be a table, got {table!r}")
+        return None
+    choice = table.get(key, default_choice)
+    if choice is None:
+        problems.append(f"{name}.{key}: required (one of: {', '.join(sorted(registry))})")
+        return None
+    if choice not in registry:
+        problems.append(
+            f"{name}.{key}: unknown {key} {choice!r}{_suggest(str(choice), registry)} "
+            f"(available: {', '.join(sorted(registry))})"
+        )
+        return None
+    cls = registry[choice].config if hasattr(registry[choice], "config") else registry[choice]
+    try:
+        return cls.model_validate(dict(table))
+    except ValidationError as err:
+        problems.extend(_format_errors(name, err, cls))
+        return None
+
+
+def _regime_configs() -> dict[str, type[BaseModel]]:
+    return {name: getattr(cls, "config", LoopConfig) for name, cls in REGIMES.items()}
+
+
+def validate(raw: Mapping[str, Any], *, arm: str | None = None) -> ExperimentConfig:
+    """Validate a raw config (a parsed TOML document). Raises :class:`ConfigError`."""
+    raw = _nest_dotted(raw)
+    problems: list[str] = []
+    where = f"arms[{arm}]: " if arm else ""
+    for key in raw:
+        if key not in TOP_LEVEL:
+            problems.append(f"{key}: unknown key{_suggest(key, TOP_LEVEL)} "
+                            f"(valid: {', '.join(sorted(TOP_LEVEL))})")
+    data = _section(raw, "data", "source", load_sources(), None, problems)
+    model = _section(raw, "model", "family", load_families(), None, problems)
+    loop = _section(raw, "loop", "regime", _regime_configs(), "fully-synthetic", problems)
+    sampling = None
+    try:
+        sampling = SamplingConfig.model_validate(raw.get("sampling", {}))
+    except ValidationError as err:
+        problems.extend(_format_errors("sampling", err, SamplingConfig))
+    top = {k: v for k, v in raw.items() if k in TOP_LEVEL - {"data", "model", "loop", "sampling"}}
+    try:
+        top_checked = _TopLevel.model_validate(top)
+    except ValidationError as err:
+        problems.extend(_format_errors("", err, _TopLevel))
+        top_checked = None
+    if model is not None and sampling is not None:
+        why = model.bias_problem(sampling.bias)
+        if why:
+            problems.append(f"sampling.bias: {why}")
+    if loop is not None:
+        problems.extend(_loop_problems(loop, model))
+    if problems:
+        raise ConfigError([where + p.lstrip(".") for p in problems])
+    assert top_checked is not None
+    return ExperimentConfig(
+        **top_checked.model_dump(), data=data, model=model, sampling=sampling, loop=loop
+    )
+
+
+def _sizes(spec: SizeField) -> list[int]:
+    return [spec] if isinstance(spec, int) else list(spec)
+
+
+def _loop_problems(loop: LoopConfig, model: ModelConfig | None) -> list[str]:
+    problems = []
+    for fname in ("real_size", "synthetic_size"):
+        spec = getattr(loop, fname)
+        values = _sizes(spec)
+        if not values:
+            problems.append(f"loop.{fname}: must not be an empty list")
+        elif min(values) < 0:
+            problems.append(f"loop.{fname}: must be >= 0, got {min(values)}")
+    if problems:
+        return problems
+    regime = make_regime(loop)
+    if not regime.uses_real_size and max(_sizes(loop.real_size)) != 0:
+        problems.append(
+            f"loop.real_size: must be 0 for regime '{loop.regime}' (it trains on synthetic data "
+            f"only), got {loop.real_size}; use regime 'fresh-data' or 'synthetic-augmentation'"
+        )
+    if not regime.uses_real_size and min(_sizes(loop.synthetic_size)) < 1:
+        problems.append(
+            f"loop.synthetic_size: must be >= 1 for regime '{loop.regime}', got "
+            f"{loop.synthetic_size}"
+        )
+    n_ini = regime.n_initial()
+    if loop.initial_real_size is not None and regime.name == "synthetic-augmentation":
+        if n_ini < regime.n_real(1):
+            problems.append(
+                f"loop.initial_real_size: must be >= loop.real_size ({regime.n_real(1)}) for "
+                f"'synthetic-augmentation' (generation 1 includes the fixed real set), got {n_ini}"
+            )
+    minimum = 2 if model is not None and model.family == "gaussian" else 1
+    if n_ini < minimum:
+        problems.append(
+            f"loop.initial_real_size: generation 1 trains on {n_ini} points; need >= {minimum} "
+            "(set loop.real_size + loop.synthetic_size or loop.initial_real_size higher)"
+        )
+    horizon = max(len(_sizes(loop.real_size)), len(_sizes(loop.synthetic_size))) + 1
+    for t in range(2, horizon + 1):
+        size = regime.n_synthetic(t) + (regime.n_real(t) if regime.uses_real_size else 0)
+        if loop.regime not in ("accumulate", "accumulate-subsample") and size < minimum:
+            problems.append(
+                f"loop: generation {t} trains on {size} points (real_size + synthetic_size); "
+                f"need >= {minimum}"
+            )
+            break
+    return problems
+
+
+def make_regime(loop: LoopConfig) -> Regime:
+    cls = REGIMES[loop.regime]
+    params = loop.model_dump(exclude={"regime"})
+    return cls(**params)
+
+
+# -- arms -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    config: ExperimentConfig
+
+    @property
+    def stream(self) -> int:
+        """This arm's branch of the seed tree: keyed by its name, so reordering arms or adding
+        one leaves the others' numbers unchanged."""
+        return zlib.crc32(self.name.encode())
+
+
+def resolve_arms(config: ExperimentConfig | Mapping[str, Any]) -> list[Arm]:
+    raw = config.to_dict() if isinstance(config, ExperimentConfig) else _nest_dotted(config)
+    base_raw = {k: v for k, v in raw.items() if k != "arms"}
+    arms: list[Arm] = []
+    problems: list[str] = []
+    base = None
+    try:
+        base = validate(base_raw)
+    except ConfigError as err:
+        problems.extend(err.problems)
+    if base is not None and base.include_base:
+        arms.append(Arm("base", base))
+    seen = {"base"} if arms else set()
+    for i, arm in enumerate(raw.get("arms", []) or []):
+        if not isinstance(arm, Mapping) or not isinstance(arm.get("name"), str) or not arm["name"]:
+            problems.append(f"arms[{i}].name: every arm needs a non-empty name")
+            continue
+        name = arm["name"]
+        if name in seen:
+            problems.append(f"arms[{i}].name: duplicate arm name {name!r}")
+            continue
+        seen.add(name)
+        overrides = _nest_dotted({k: v for k, v in arm.items() if k != "name"})
+        bad = [k for k in overrides if k in {"arms", "name", "seed", "generations", "replicates"}]
+        if bad:
+            problems.append(f"arms[{name}].{bad[0]}: cannot be overridden per arm")
+            continue
+        merged = deep_merge(base_raw, overrides)
+        for section, key in (("model", "family"), ("data", "source"), ("loop", "regime")):
+            # switching family/source/regime drops the base's fields that belong to the old one
+            if key in overrides.get(section, {}) and overrides[section][key] != base_raw.get(
+                section, {}
+            ).get(key):
+                merged[section] = overrides[section]
+        try:
+            arms.append(Arm(name, validate(merged, arm=name)))
+        except ConfigError as err:
+            problems.extend(err.problems)
+    if problems:
+        raise ConfigError(problems)
+    if not arms:
+        raise ConfigError(["arms: no arm to run (include_base = false and no [[arms]])"])
+    return arms
+
+
+def load_config(source: str | os.PathLike | Mapping[str, Any] | ExperimentConfig) -> dict:
+    """A raw config dict from a TOML path, a dict or a validated config."""
+    if isinstance(source, ExperimentConfig):
+        return source.to_dict()
+    if isinstance(source, Mapping):
+        return dict(source)
+    path = Path(source)
+    if not path.exists():
+        raise ConfigError([f"{path}: no such config file"])
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError([f"{path}: not valid TOML: {err}"]) from None
+
+
+def parse(source: Any, **overrides: Any) -> tuple[ExperimentConfig, list[Arm]]:
+    """Load, apply top-level overrides (seed, generations, replicates), validate all arms."""
+    raw = load_config(source)
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    arms = resolve_arms(raw)
+    base_raw = {k: v for k, v in _nest_dotted(raw).items() if k != "arms"}
+    base = arms[0].config if arms[0].name == "base" else validate(base_raw)
+    return base.model_copy(update={"arms": list(raw.get("arms", []) or [])}), arms
+
+
+# -- running --------------------------------------------------------------------------------------
+DATA_STREAM = 0  # the seed-tree branch for the real data's own randomness (e.g. a random Σ_0)
+
+
+def build_loop(arm: Arm) -> Loop:
+    cfg = arm.config
+    real = build_source(
+        cfg.data, rng=np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(0,)))
+    )
+    model = build_model(cfg.model, replicates=cfg.replicates, real=real)
+    return Loop(
+        make_regime(cfg.loop),
+        model,
+        real,
+        bias=cfg.sampling.bias,
+        replicates=cfg.replicates,
+        exact=getattr(cfg.model, "mode", "sample") == "exact",
+        seed=cfg.seed,
+        stream=arm.stream,
+    )
+
+
+@dataclass
+class RunResult:
+    """The tables of a run. ``metrics``: long table (arm, generation, replicate, metric, value);
+    ``summary``: per arm, generation and metric; ``provenance``: training-set make-up."""
+
+    config: ExperimentConfig
+    metrics: pd.DataFrame
+    summary: pd.DataFrame
+    provenance: pd.DataFrame
+    manifest: dict[str, Any] = field(default_factory=dict)
+    out: Path | None = None
+
+
+def records_to_frame(arm: str, records: list[GenerationRecord]) -> pd.DataFrame:
+    frames = []
+    for rec in records:
+        for metric, values in rec.metrics.items():
+            values = np.asarray(values, dtype=float)
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "arm": arm,
+                        "generation": rec.generation,
+                        "replicate": np.arange(values.size),
+                        "metric": metric,
+                        "value": values,
+                    }
+                )
+            )
+    if not frames:
+        return pd.DataFrame(columns=["arm", "generation", "replicate", "metric", "value"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def provenance_frame(arm: str, records: list[GenerationRecord]) -> pd.DataFrame:
+    rows = []
+    for rec in records:
+        for (source, origin), counts in sorted(rec.provenance.items()):
+            counts = np.asarray(counts)
+            rows.append(
+                {
+                    "arm": arm,
+                    "generation": rec.generation,
+                    "source": SOURCE_NAMES.get(source, str(source)),
+                    "origin_generation": origin,
+                    "count_mean": float(np.mean(counts)),
+                    "count_min": int(np.min(counts)),
+                    "count_max": int(np.max(counts)),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def theory_frame(arms: list[Arm]) -> pd.DataFrame:
+    """Closed-form expectations per arm, generation and metric, where the theory module has one."""
+    from madloop import theory
+
+    rows = []
+    for arm in arms:
+        cfg = arm.config
+        mean0_factor = _gaussian_truth(cfg)
+        if mean0_factor is None:
+            continue
+        dim, trace0 = mean0_factor
+        preds = theory.predictions(
+            make_regime(cfg.loop),
+            cfg.generations,
+            dim=dim,
+            trace0=trace0,
+            bias=cfg.sampling.bias,
+            covariance_estimator=getattr(cfg.model, "covariance_estimator", "unbiased"),
+        )
+        for metric, values in preds.items():
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "arm": arm.name,
+                        "generation": np.arange(1, cfg.generations + 1),
+                        "metric": metric,
+                        "theory": values,
+                    }
+                )
+            )
+    if not rows:
+        return pd.DataFrame(columns=["arm", "generation", "metric", "theory"])
+    return pd.concat(rows, ignore_index=True)
+
+
+def _gaussian_truth(cfg: ExperimentConfig) -> tuple[int, float] | None:
+    """(dim, tr Σ_0) when the theory applies: Gaussian data fitted by the Gaussian family."""
+    if cfg.data.source != "gaussian" or cfg.model.family != "gaussian":
+        return None
+    real = build_source(
+        cfg.data, rng=np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(0,)))
+    )
+    return real.dim, float(np.trace(real.covariance))
+
+
+def summarize(metrics: pd.DataFrame, theory: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per arm, generation and metric: mean, std_error, median, q05, q95, n, and theory."""
+    keys = ["arm", "generation", "metric"]
+    if metrics.empty:
+        cols = keys + ["mean", "std_error", "median", "q05", "q95", "n", "theory"]
+        return pd.DataFrame(columns=cols)
+    g = metrics.groupby(keys, sort=False)["value"]
+    with np.errstate(invalid="ignore"):
+        out = g.agg(
+            mean="mean",
+            std_error=lambda v: v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else np.nan,
+            median="median",
+            q05=lambda v: v.quantile(0.05),
+            q95=lambda v: v.quantile(0.95),
+            n="size",
+        ).reset_index()
+    if theory is not None and not theory.empty:
+        out = out.merge(theory, on=keys, how="left")
+    else:
+        out["theory"] = np.nan
+    return out
+
+
+def _git_commit() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        res = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
+        return res.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("madloop", "numpy", "scipy", "pandas", "pyarrow", "pydantic", "torch"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write to a temporary file beside ``path``, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data.encode() if isinstance(data, str) else data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+Progress = Callable[[str, int, int], None]  # (arm, generation, generations)
+
+
+def run(
+    config: Any,
+    *,
+    out: str | os.PathLike | None = None,
+    seed: int | None = None,
+    generations: int | None = None,
+    replicates: int | None = None,
+    progress: Progress | None = None,
+    plots: bool = True,
+) -> RunResult:
+    """Run every arm of an experiment; return its tables, and write them to ``out`` if given.
+
+    ``config`` is a TOML path, a dict or an :class:`ExperimentConfig`.
+    """
+    base, arms = parse(config, seed=seed, generations=generations, replicates=replicates)
+    started = time.time()
+    frames, prov, timings, modes = [], [], {}, {}
+    for arm in arms:
+        t0 = time.perf_counter()
+        loop = build_loop(arm)
+        modes[arm.name] = "exact" if loop.exact else "sample"
+        records = []
+        for rec in loop.run(arm.config.generations):
+            records.append(rec)
+            if progress is not None:
+                progress(arm.name, rec.generation, arm.config.generations)
+        frames.append(records_to_frame(arm.name, records))
+        prov.append(provenance_frame(arm.name, records))
+        timings[arm.name] = round(time.perf_counter() - t0, 4)
+    metrics = pd.concat(frames, ignore_index=True)
+    summary = summarize(metrics, theory_frame(arms))
+    provenance = pd.concat(prov, ignore_index=True)
+    manifest = {
+        "name": base.name,
+        "seed": base.seed,
+        "config": {**base.to_dict()},
+        "arms": {a.name: a.config.to_dict() for a in arms},
+        "modes": modes,
+        "versions": _versions(),
+        "git_commit": _git_commit(),
+        "command": " ".join(sys.argv),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "timings_s": {"arms": timings, "total": round(time.time() - started, 4)},
+    }
+    result = RunResult(base, metrics, summary, provenance, manifest)
+    if out is not None:
+        write_run(result, Path(out), plots=plots)
+    return result
+
+
+def write_run(result: RunResult, out: Path, *, plots: bool = True) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_parquet(result.metrics, out / "metrics.parquet")
+    write_atomic(out / "summary.csv", result.summary.to_csv(index=False))
+    write_atomic(out / "provenance.csv", result.provenance.to_csv(index=False))
+    if plots:
+        from madloop.report.plots import plot_metrics
+
+        t0 = time.perf_counter()
+        plot_metrics(result.summary, out / "plots")
+        result.manifest["timings_s"]["plots"] = round(time.perf_counter() - t0, 4)
+    write_atomic(out / "manifest.json", json.dumps(result.manifest, indent=2, default=str))
+    result.out = out

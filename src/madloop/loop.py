@@ -1,0 +1,175 @@
+"""The self-consuming loop: per generation, compose the training set -> fit -> record metrics.
+
+The loop knows no model's internals: it asks the regime for a recipe, draws each batch from the
+real source or from the previous generation's model, unites them, fits, and evaluates the metric
+suites. In ``exact`` mode the batches are Gaussian sufficient statistics instead of points.
+
+Randomness: generation t of a chain uses a generator derived from ``SeedSequence(seed,
+spawn_key=(stream, t))``, split into independent streams for drawing, fitting and measuring. So a
+generation's numbers depend only on the seed, the stream (the arm) and t: the same on any executor
+and after a resume, and adding a metric never changes a trajectory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from madloop.metrics import evaluate
+from madloop.regimes import Composition, Draw, Kept, Regime
+from madloop.types import REAL, SYNTHETIC, Points, Stats
+
+Batch = Points | Stats
+
+
+@dataclass
+class GenerationRecord:
+    """What one generation produced, for R replicate chains."""
+
+    generation: int
+    metrics: dict[str, np.ndarray]  # name -> (R,)
+    provenance: dict[tuple[int, int], np.ndarray]  # (source, origin generation) -> counts (R,)
+    train_size: np.ndarray  # (R,)
+
+
+def generation_seed(seed: int, stream: int, generation: int) -> np.random.SeedSequence:
+    return np.random.SeedSequence(seed, spawn_key=(stream, generation))
+
+
+class Loop:
+    """R replicate chains of one self-consuming loop.
+
+    Parameters
+    ----------
+    regime : Regime
+        How each generation's training set is composed.
+    model : ChainModel
+        R chains of a family (fitted anew each generation; a family may warm-start itself).
+    real : RealSource
+        Generation 0.
+    bias : float
+        Sampling bias used when drawing from a model (never for real data).
+    replicates : int
+    exact : bool
+        Use sufficient statistics when the model, the source and the regime all support it.
+    seed, stream : int
+        Root seed and this chain's stream (the arm) in the seed tree.
+    """
+
+    def __init__(
+        self,
+        regime: Regime,
+        model: Any,
+        real: Any,
+        *,
+        bias: float = 1.0,
+        replicates: int = 1,
+        exact: bool = False,
+        seed: int = 0,
+        stream: int = 0,
+    ) -> None:
+        self.regime = regime
+        self.model = model
+        self.real = real
+        self.bias = bias
+        self.replicates = replicates
+        self.seed = seed
+        self.stream = stream
+        self.exact = exact and self.exact_supported(regime, model, real)
+        self.generation = 0
+        self.kept: dict[str, Batch] = {}
+
+    @staticmethod
+    def exact_supported(regime: Regime, model: Any, real: Any) -> bool:
+        return (
+            regime.exact
+            and hasattr(model, "sample_stats")
+            and hasattr(model, "fit_stats")
+            and hasattr(real, "sample_stats")
+        )
+
+    # -- one generation -------------------------------------------------------------------------
+    def step(self) -> GenerationRecord:
+        t = self.generation + 1
+        draw_seed, fit_seed, metric_seed = generation_seed(self.seed, self.stream, t).spawn(3)
+        draw_rng = np.random.default_rng(draw_seed)
+        comp = self.regime.compose(t)
+        drawn: dict[int, Batch] = {}
+        train = self._unite(comp.parts, drawn, draw_rng, t)
+        if comp.subsample is not None and train.size > comp.subsample:
+            train = _subsample(train, comp.subsample, draw_rng)
+        for name, parts in comp.keep.items():
+            self.kept[name] = self._unite(parts, drawn, draw_rng, t)
+
+        fit_rng = np.random.default_rng(fit_seed)
+        if isinstance(train, Stats):
+            self.model.fit_stats(train)
+            provenance, size = train.provenance, train.count
+        else:
+            self.model.fit_points(train, rng=fit_rng)
+            provenance = train.provenance_counts()
+            size = np.full(train.replicates, train.size)
+        self.generation = t
+        metrics = evaluate(
+            self.model, self.real, rng=np.random.default_rng(metric_seed), generation=t
+        )
+        return GenerationRecord(t, metrics, provenance, np.asarray(size))
+
+    def run(self, generations: int) -> Iterator[GenerationRecord]:
+        while self.generation < generations:
+            yield self.step()
+
+    # -- composing ------------------------------------------------------------------------------
+    def _unite(
+        self, parts: tuple, drawn: dict[int, Batch], rng: np.random.Generator, t: int
+    ) -> Batch:
+        batches = []
+        for part in parts:
+            if isinstance(part, Kept):
+                batches.append(self.kept[part.name])
+            elif isinstance(part, Draw):
+                if id(part) not in drawn:  # a Draw named twice (train and keep) is drawn once
+                    drawn[id(part)] = self._draw(part, rng, t)
+                batches.append(drawn[id(part)])
+            else:
+                raise TypeError(f"unknown part {part!r} in a composition")
+        if self.exact:
+            return Stats.merge(batches)
+        return Points.concat(batches)
+
+    def _draw(self, part: Draw, rng: np.random.Generator, t: int) -> Batch:
+        R = self.replicates
+        from_real = part.source == "real" or t == 1  # generation 0's "model" is the real law
+        source, origin = (REAL, 0) if from_real else (SYNTHETIC, t - 1)
+        if self.exact:
+            if from_real:
+                stats = self.real.sample_stats(part.size, replicates=R, rng=rng)
+            else:
+                stats = self.model.sample_stats(part.size, bias=self.bias, rng=rng)
+            stats.provenance = {(source, origin): np.full(R, part.size)}
+            return stats
+        if from_real:
+            points = self.real.sample_points(part.size, replicates=R, rng=rng)
+        else:
+            points = self.model.sample_points(part.size, bias=self.bias, rng=rng)
+        points.source = np.full(points.X.shape[:2], source, dtype=np.int8)
+        points.origin = np.full(points.X.shape[:2], origin, dtype=np.int32)
+        return points
+
+
+def _subsample(points: Points, k: int, rng: np.random.Generator) -> Points:
+    """A uniform subsample of k rows without replacement, independently per replicate."""
+    keys = rng.random((points.replicates, points.size))
+    index = np.argpartition(keys, k - 1, axis=1)[:, :k]
+    return points.take(index)
+
+
+def compositions(regime: Regime, generations: int) -> Iterator[Composition]:
+    for t in range(1, generations + 1):
+        yield regime.compose(t)
+
+
+LoopFactory = Callable[[], Loop]

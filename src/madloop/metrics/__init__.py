@@ -1,0 +1,17 @@
+"""Metrics: pure functions of fitted models, samples and the real data, grouped by kind.
+
+The loop calls :func:`evaluate` after each generation; every registered suite that applies to the
+(model, real source) pair adds its named values, one per replicate chain.
+"""
+
+from madloop.metrics.base import METRIC_SUITES, MetricSuite, evaluate, register_suite
+from madloop.metrics.gaussian import GAUSSIAN_METRICS, gaussian_metrics
+
+__all__ = [
+    "GAUSSIAN_METRICS",
+    "METRIC_SUITES",
+    "MetricSuite",
+    "evaluate",
+    "gaussian_metrics",
+    "register_suite",
+]

@@ -1,0 +1,94 @@
+"""The family registry and the adapter from one-data-set models to R replicate chains."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, Self
+
+import numpy as np
+
+from madloop.configs import ModelConfig
+from madloop.types import SYNTHETIC, Points, RealSource
+
+
+class NotFittedError(RuntimeError):
+    """A model was asked to sample or score before ``fit``."""
+
+
+def check_is_fitted(model: object, attribute: str) -> None:
+    if getattr(model, attribute, None) is None:
+        raise NotFittedError(f"{type(model).__name__} is not fitted yet: call fit first")
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """A registered family: its config class and how to build R chains of it for a real source."""
+
+    name: str
+    config: type[ModelConfig]
+    build: Callable[..., Any]  # (config, *, replicates, real: RealSource) -> ChainModel
+    requires: str | None = None  # optional extra that must be installed, e.g. "torch"
+
+
+FAMILIES: dict[str, FamilySpec] = {}
+_BUILTIN_MODULES = ("madloop.models.gaussian",)
+_loaded = False
+
+
+def register_family(spec: FamilySpec) -> FamilySpec:
+    FAMILIES[spec.name] = spec
+    return spec
+
+
+def load_families() -> dict[str, FamilySpec]:
+    """Import the built-in families and those installed packages publish under the
+    ``madloop.families`` entry point. A config names a family; it never names code to import."""
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for module in _BUILTIN_MODULES:
+            try:
+                importlib.import_module(module)
+            except ImportError:  # an optional extra (torch, ...) is missing
+                pass
+        for ep in entry_points(group="madloop.families"):
+            spec = ep.load()
+            register_family(spec() if callable(spec) and not isinstance(spec, FamilySpec) else spec)
+    return FAMILIES
+
+
+class PerReplicate:
+    """R independent chains of a model that fits one data set at a time.
+
+    The wrapped models follow scikit-learn's shape: ``fit(X, y=None, *, rng)`` returns self and
+    ``sample(n, *, bias, rng)`` returns X, or (X, y) for class-conditional models. Each replicate
+    gets its own child generator, so chains never share random numbers.
+    """
+
+    def __init__(self, make_model: Callable[[], Any], replicates: int) -> None:
+        self.models = [make_model() for _ in range(replicates)]
+
+    def fit_points(self, points: Points, *, rng: np.random.Generator) -> Self:
+        X = points.global_X()
+        for r, (model, child) in enumerate(zip(self.models, rng.spawn(len(self.models)))):
+            y = None if points.y is None else points.y[r]
+            model.fit(X[r], y, rng=child)
+        return self
+
+    def sample_points(self, n: int, *, bias: float, rng: np.random.Generator) -> Points:
+        xs, ys = [], []
+        for model, child in zip(self.models, rng.spawn(len(self.models))):
+            out = model.sample(n, bias=bias, rng=child)
+            x, y = out if isinstance(out, tuple) else (out, None)
+            xs.append(np.asarray(x))
+            ys.append(y)
+        y = None if any(v is None for v in ys) else np.stack([np.asarray(v) for v in ys])
+        return Points.tagged(np.stack(xs), source=SYNTHETIC, origin=-1, y=y)
+
+
+def build_model(config: ModelConfig, *, replicates: int, real: RealSource) -> Any:
+    spec = load_families()[config.family]
+    return spec.build(config, replicates=replicates, real=real)

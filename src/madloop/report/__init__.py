@@ -1,0 +1,1 @@
+"""Figures and the HTML report, made from run directories (never from the loop itself)."""
