@@ -175,6 +175,12 @@ class ChainModel(Protocol):
 
     def sample_points(self, n: int, *, bias: float, rng: np.random.Generator) -> Points: ...
 
+    def get_state(self) -> dict[str, np.ndarray]:
+        """Learned state as named arrays (checkpoints are .npz / safetensors, never pickle)."""
+        ...
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None: ...
+
 
 @runtime_checkable
 class RealSource(Protocol):

@@ -89,6 +89,20 @@ class PerReplicate:
         return Points.tagged(np.stack(xs), source=SYNTHETIC, origin=-1, y=y)
 
 
+    def get_state(self) -> dict[str, np.ndarray]:
+        """Each replicate's arrays under ``r{index}/``; models provide ``get_state()`` too."""
+        out = {}
+        for r, model in enumerate(self.models):
+            for key, value in model.get_state().items():
+                out[f"r{r}/{key}"] = np.asarray(value)
+        return out
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        for r, model in enumerate(self.models):
+            prefix = f"r{r}/"
+            model.set_state({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+
+
 def build_model(config: ModelConfig, *, replicates: int, real: RealSource) -> Any:
     spec = load_families()[config.family]
     return spec.build(config, replicates=replicates, real=real)

@@ -125,6 +125,18 @@ class GaussianFamily:
         mean, factor = draw_stats(self.mean_, self.cov_factor_, n, rng, scale=bias)
         return Stats(np.full(self.mean_.shape[0], n), mean, factor)
 
+    # -- checkpoints: arrays only, never pickle ---------------------------------------------------
+    def get_state(self) -> dict[str, np.ndarray]:
+        if self.mean_ is None:
+            return {}
+        return {"mean": self.mean_, "cov_factor": self.cov_factor_, "n_samples": self.n_samples_}
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        if state:
+            self.mean_ = np.asarray(state["mean"])
+            self.cov_factor_ = np.asarray(state["cov_factor"])
+            self.n_samples_ = np.asarray(state["n_samples"])
+
     def _set(self, mean: np.ndarray, scatter_factor: np.ndarray, count: np.ndarray) -> Self:
         count = np.asarray(count, dtype=float)
         divisor = count - 1.0 if self.covariance_estimator == "unbiased" else count
