@@ -376,6 +376,27 @@ def build_loop(arm: Arm) -> Loop:
     )
 
 
+GALLERY_SIZE = 256
+
+
+def gallery_generations(generations: int) -> set[int]:
+    """Generations that get a sample gallery: 1, the last, and a roughly log-spaced few."""
+    marks = {2, 3, 5, 7, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000}
+    return {1, generations} | {g for g in marks if g < generations}
+
+
+def write_gallery(loop: Loop, out: Path, arm: str) -> list[Path]:
+    """Samples of the current generation, rendered by the real source when it knows how
+    (``render_samples(points, path_stem) -> list[Path]``; image grid, 2-D scatter, text...).
+    Files land in ``plots/samples/{arm}_gen{t:03d}.*``."""
+    render = getattr(loop.real, "render_samples", None)
+    if render is None:
+        return []
+    stem = out / "plots" / "samples" / f"{arm}_gen{loop.generation:03d}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    return render(loop.gallery(GALLERY_SIZE), stem)
+
+
 @dataclass
 class RunResult:
     """The tables of a run. ``metrics``: long table (arm, generation, replicate, metric, value);
@@ -555,14 +576,18 @@ def run(
     """
     base, arms = parse(config, seed=seed, generations=generations, replicates=replicates)
     started = time.time()
+    out = Path(out) if out is not None else None
     frames, prov, timings, modes = [], [], {}, {}
     for arm in arms:
         t0 = time.perf_counter()
         loop = build_loop(arm)
         modes[arm.name] = "exact" if loop.exact else "sample"
         records = []
-        for rec in loop.run(arm.config.generations):
+        T = arm.config.generations
+        for rec in loop.run(T):
             records.append(rec)
+            if out is not None and rec.generation in gallery_generations(T):
+                write_gallery(loop, out, arm.name)
             if progress is not None:
                 progress(arm.name, rec.generation, arm.config.generations)
         frames.append(records_to_frame(arm.name, records))

@@ -12,14 +12,14 @@ and after a resume, and adding a metric never changes a trajectory.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from madloop.metrics import evaluate
-from madloop.regimes import Composition, Draw, Kept, Regime
+from madloop.regimes import Draw, Kept, Regime
 from madloop.types import REAL, SYNTHETIC, Points, Stats
 
 Batch = Points | Stats
@@ -94,7 +94,7 @@ class Loop:
     # -- one generation -------------------------------------------------------------------------
     def step(self) -> GenerationRecord:
         t = self.generation + 1
-        draw_seed, fit_seed, metric_seed = generation_seed(self.seed, self.stream, t).spawn(3)
+        draw_seed, fit_seed, metric_seed, _ = generation_seed(self.seed, self.stream, t).spawn(4)
         draw_rng = np.random.default_rng(draw_seed)
         comp = self.regime.compose(t)
         drawn: dict[int, Batch] = {}
@@ -117,6 +117,15 @@ class Loop:
             self.model, self.real, rng=np.random.default_rng(metric_seed), generation=t
         )
         return GenerationRecord(t, metrics, provenance, np.asarray(size))
+
+    def gallery(self, n: int) -> Points:
+        """n samples of the current model for a gallery, from their own seed stream (drawing
+        them never changes the trajectory)."""
+        seed = generation_seed(self.seed, self.stream, self.generation).spawn(4)[3]
+        points = self.model.sample_points(n, bias=self.bias, rng=np.random.default_rng(seed))
+        points.source = np.full(points.X.shape[:2], SYNTHETIC, dtype=np.int8)
+        points.origin = np.full(points.X.shape[:2], self.generation, dtype=np.int32)
+        return points
 
     def run(self, generations: int) -> Iterator[GenerationRecord]:
         while self.generation < generations:
@@ -166,10 +175,3 @@ def _subsample(points: Points, k: int, rng: np.random.Generator) -> Points:
     index = np.argpartition(keys, k - 1, axis=1)[:, :k]
     return points.take(index)
 
-
-def compositions(regime: Regime, generations: int) -> Iterator[Composition]:
-    for t in range(1, generations + 1):
-        yield regime.compose(t)
-
-
-LoopFactory = Callable[[], Loop]

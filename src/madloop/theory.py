@@ -96,7 +96,7 @@ def expected_moments(
         comp = regime.compose(t)
         drawn: dict[int, _Aggregate] = {}
 
-        def part_agg(part, t=t, drawn=drawn) -> _Aggregate:
+        def part_agg(part, t=t, drawn=drawn, b_prev=b_prev, model_coef=model_coef) -> _Aggregate:
             if isinstance(part, Kept):
                 return kept[part.name]
             if id(part) in drawn:

@@ -73,14 +73,14 @@ class PerReplicate:
 
     def fit_points(self, points: Points, *, rng: np.random.Generator) -> Self:
         X = points.global_X()
-        for r, (model, child) in enumerate(zip(self.models, rng.spawn(len(self.models)))):
+        for r, (model, child) in enumerate(zip(self.models, rng.spawn(len(self.models)), strict=True)):
             y = None if points.y is None else points.y[r]
             model.fit(X[r], y, rng=child)
         return self
 
     def sample_points(self, n: int, *, bias: float, rng: np.random.Generator) -> Points:
         xs, ys = [], []
-        for model, child in zip(self.models, rng.spawn(len(self.models))):
+        for model, child in zip(self.models, rng.spawn(len(self.models)), strict=True):
             out = model.sample(n, bias=bias, rng=child)
             x, y = out if isinstance(out, tuple) else (out, None)
             xs.append(np.asarray(x))
