@@ -68,7 +68,11 @@ def run_cmd(
 
         try:
             result = run(
-                config, out=out, seed=seed, generations=generations, replicates=replicates,
+                config,
+                out=out,
+                seed=seed,
+                generations=generations,
+                replicates=replicates,
                 progress=progress,
             )
         except ConfigError as e:

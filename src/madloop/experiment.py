@@ -93,10 +93,12 @@ def _format_errors(prefix: str, err: ValidationError, cls: type[BaseModel]) -> l
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-after",)))
         # union members show up as extra location parts: keep the field path only
-        loc = ".".join(p for p in loc.split(".") if p not in {"int", "list[int]", "float",
-                                                               "list[float]", "str",
-                                                               "list[list[float]]"}
-                       and not p.startswith(("literal[", "function")))
+        loc = ".".join(
+            p
+            for p in loc.split(".")
+            if p not in {"int", "list[int]", "float", "list[float]", "str", "list[list[float]]"}
+            and not p.startswith(("literal[", "function"))
+        )
         where = f"{prefix}.{loc}" if loc else prefix
         if e["type"] == "extra_forbidden":
             key = str(e["loc"][-1])
@@ -184,8 +186,10 @@ def validate(raw: Mapping[str, Any], *, arm: str | None = None) -> ExperimentCon
     where = f"arms[{arm}]: " if arm else ""
     for key in raw:
         if key not in TOP_LEVEL:
-            problems.append(f"{key}: unknown key{_suggest(key, TOP_LEVEL)} "
-                            f"(valid: {', '.join(sorted(TOP_LEVEL))})")
+            problems.append(
+                f"{key}: unknown key{_suggest(key, TOP_LEVEL)} "
+                f"(valid: {', '.join(sorted(TOP_LEVEL))})"
+            )
     data = _section(raw, "data", "source", load_sources(), None, problems)
     model = _section(raw, "model", "family", load_families(), None, problems)
     loop = _section(raw, "loop", "regime", _regime_configs(), "fully-synthetic", problems)

@@ -174,4 +174,3 @@ def _subsample(points: Points, k: int, rng: np.random.Generator) -> Points:
     keys = rng.random((points.replicates, points.size))
     index = np.argpartition(keys, k - 1, axis=1)[:, :k]
     return points.take(index)
-

@@ -136,9 +136,7 @@ def expected_moments(
             kept[name] = _add(aggs, n_noise)
         traces.append(b_prev)
         means.append(float(coef @ (varr * coef)))
-    return MomentPrediction(
-        np.arange(1, generations + 1), np.asarray(traces), np.asarray(means)
-    )
+    return MomentPrediction(np.arange(1, generations + 1), np.asarray(traces), np.asarray(means))
 
 
 def fully_synthetic_trace_ratio(

@@ -37,8 +37,9 @@ class GaussianDataConfig(DataConfig):
         if isinstance(self.covariance, list):
             cov = np.asarray(self.covariance, dtype=float)
             if cov.shape != (self.dim, self.dim):
-                raise ValueError(f"covariance: must be a {self.dim}x{self.dim} matrix, got shape "
-                                 f"{cov.shape}")
+                raise ValueError(
+                    f"covariance: must be a {self.dim}x{self.dim} matrix, got shape {cov.shape}"
+                )
             if not np.all(np.isfinite(cov)) or not np.allclose(cov, cov.T):
                 raise ValueError("covariance: must be a finite symmetric matrix")
             if np.linalg.eigvalsh(cov).min() <= 0:

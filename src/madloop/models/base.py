@@ -73,7 +73,9 @@ class PerReplicate:
 
     def fit_points(self, points: Points, *, rng: np.random.Generator) -> Self:
         X = points.global_X()
-        for r, (model, child) in enumerate(zip(self.models, rng.spawn(len(self.models)), strict=True)):
+        for r, (model, child) in enumerate(
+            zip(self.models, rng.spawn(len(self.models)), strict=True)
+        ):
             y = None if points.y is None else points.y[r]
             model.fit(X[r], y, rng=child)
         return self
@@ -88,7 +90,6 @@ class PerReplicate:
         y = None if any(v is None for v in ys) else np.stack([np.asarray(v) for v in ys])
         return Points.tagged(np.stack(xs), source=SYNTHETIC, origin=-1, y=y)
 
-
     def get_state(self) -> dict[str, np.ndarray]:
         """Each replicate's arrays under ``r{index}/``; models provide ``get_state()`` too."""
         out = {}
@@ -100,7 +101,7 @@ class PerReplicate:
     def set_state(self, state: dict[str, np.ndarray]) -> None:
         for r, model in enumerate(self.models):
             prefix = f"r{r}/"
-            model.set_state({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+            model.set_state({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
 
 
 def build_model(config: ModelConfig, *, replicates: int, real: RealSource) -> Any:
