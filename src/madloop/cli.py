@@ -137,6 +137,92 @@ def validate_cmd(config: ConfigArg) -> None:
         )
 
 
+@app.command("sweep")
+def sweep_cmd(
+    config: ConfigArg,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Sweep directory [default: runs/NAME-sweep].")
+    ] = None,
+    executor: Annotated[
+        str | None,
+        typer.Option(help="local (process pool), ray or serial [default: local; ray if --address]"),
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (e.g. HOST:6379 or auto).")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Worker processes / Ray CPUs [default: all CPUs].")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume/--fresh", help="Skip finished tasks, or start over.")
+    ] = True,
+    generation: Annotated[
+        int | None, typer.Option(min=1, help="Generation of the phase diagrams [default: last].")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Run CONFIG's [sweep] grid x seeds; write results.parquet, theory.parquet, sweep.json,
+    tasks/ (one Parquet file per task) and plots/ (phase diagrams). Exit 1 if a task failed."""
+    from madloop.executors import EXECUTORS
+    from madloop.sweep import plan, sweep
+
+    kind = executor or ("ray" if address else "local")
+    if kind not in EXECUTORS:
+        fail([f"--executor: unknown executor {kind!r} (available: {', '.join(EXECUTORS)})"])
+    if address and kind != "ray":
+        fail([f"--address: only the ray executor connects to a cluster (got --executor {kind})"])
+    try:
+        p = plan(config)
+    except ConfigError as e:
+        fail(e.problems)
+    for line in p.warnings:
+        err.print(f"[yellow]warning[/yellow]: {line}", highlight=False)
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=quiet,
+    ) as bar:
+        task = bar.add_task(p.name, total=len(p.tasks))
+        failed = 0
+
+        def on_start(plan_: object, to_run: int) -> None:
+            reused = len(p.tasks) - to_run
+            bar.update(task, completed=reused, description=f"{p.name}: {reused} reused")
+
+        def progress(result: object, done: int, to_run: int) -> None:
+            nonlocal failed
+            failed += 0 if getattr(result, "ok", True) else 1
+            note = f", [red]{failed} failed[/red]" if failed else ""
+            bar.update(task, advance=1, description=f"{p.name}{note}")
+
+        try:
+            result = sweep(
+                config,
+                out=out,
+                executor=kind,
+                workers=workers,
+                address=address,
+                resume=resume,
+                generation=generation,
+                progress=progress,
+                on_start=on_start,
+            )
+        except ImportError as e:
+            fail([str(e)])
+    for tid, message in result.errors.items():
+        err.print(f"[red]task failed[/red] {tid}: {message}", highlight=False, soft_wrap=True)
+    counts = ", ".join(
+        f"{n} {s}" for s in ("done", "reused", "failed")
+        if (n := sum(v == s for v in result.status.values()))
+    )
+    console.print(f"{len(result.status)} tasks ({counts}); wrote {result.out}")
+    if result.errors:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     try:
         app()

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError
 
-from madloop.configs import DataConfig, ModelConfig, SamplingConfig, Section
+from madloop.configs import DataConfig, ModelConfig, SamplingConfig, Section, SweepConfig
 from madloop.data import build_source, load_sources
 from madloop.loop import GenerationRecord, Loop
 from madloop.models.base import build_model, load_families
@@ -63,6 +63,7 @@ class _TopLevel(BaseModel):
     replicates: int = Field(1, ge=1, le=1_000_000)
     include_base: bool = True
     arms: list[dict[str, Any]] = Field(default_factory=list)
+    sweep: SweepConfig | None = None  # grid x seeds, run by `madloop sweep` (madloop.sweep)
 
 
 class ExperimentConfig(_TopLevel):
@@ -199,6 +200,12 @@ def validate(raw: Mapping[str, Any], *, arm: str | None = None) -> ExperimentCon
     except ValidationError as err:
         problems.extend(_format_errors("sampling", err, SamplingConfig))
     top = {k: v for k, v in raw.items() if k in TOP_LEVEL - {"data", "model", "loop", "sampling"}}
+    if top.get("sweep") is not None:  # checked on its own, so errors name its fields
+        try:
+            top["sweep"] = SweepConfig.model_validate(top["sweep"])
+        except ValidationError as err:
+            problems.extend(_format_errors("sweep", err, SweepConfig))
+            top.pop("sweep")
     try:
         top_checked = _TopLevel.model_validate(top)
     except ValidationError as err:
@@ -311,7 +318,11 @@ def resolve_arms(config: ExperimentConfig | Mapping[str, Any]) -> list[Arm]:
             continue
         seen.add(name)
         overrides = _nest_dotted({k: v for k, v in arm.items() if k != "name"})
-        bad = [k for k in overrides if k in {"arms", "name", "seed", "generations", "replicates"}]
+        bad = [
+            k
+            for k in overrides
+            if k in {"arms", "name", "seed", "generations", "replicates", "sweep"}
+        ]
         if bad:
             problems.append(f"arms[{name}].{bad[0]}: cannot be overridden per arm")
             continue
