@@ -159,6 +159,7 @@ def sweep_cmd(
     generation: Annotated[
         int | None, typer.Option(min=1, help="Generation of the phase diagrams [default: last].")
     ] = None,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Phase diagrams.")] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Run CONFIG's [sweep] grid x seeds; write results.parquet, theory.parquet, sweep.json,
@@ -207,6 +208,7 @@ def sweep_cmd(
                 address=address,
                 resume=resume,
                 generation=generation,
+                plots=plots,
                 progress=progress,
                 on_start=on_start,
             )
