@@ -217,7 +217,8 @@ def sweep_cmd(
     for tid, message in result.errors.items():
         err.print(f"[red]task failed[/red] {tid}: {message}", highlight=False, soft_wrap=True)
     counts = ", ".join(
-        f"{n} {s}" for s in ("done", "reused", "failed")
+        f"{n} {s}"
+        for s in ("done", "reused", "failed")
         if (n := sum(v == s for v in result.status.values()))
     )
     console.print(f"{len(result.status)} tasks ({counts}); wrote {result.out}")
