@@ -45,7 +45,8 @@ def draw_stats(
     R, d = mean.shape
     z = rng.standard_normal((R, d))
     root = np.sqrt(scale)
-    xbar = mean + root / np.sqrt(n) * np.einsum("rij,rj->ri", factor, z)
+    # n = 0 (fresh-data with real_size = 0): an empty batch, dropped by Stats.merge
+    xbar = mean + root / np.sqrt(max(n, 1)) * np.einsum("rij,rj->ri", factor, z)
     A = bartlett(n - 1, d, R, rng)
     return xbar, root * (factor @ A)
 

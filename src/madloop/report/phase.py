@@ -23,6 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib import patheffects  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
 from madloop.report.plots import LABELS, LOG_SCALE  # noqa: E402
@@ -68,6 +69,15 @@ def phase_table(
 
 def _ticks(values: np.ndarray) -> list[str]:
     return [f"{v:g}" if isinstance(v, int | float | np.number) else str(v) for v in values]
+
+
+def contour_levels(T: np.ndarray, n: int = 4) -> np.ndarray:
+    """Levels at quantiles of the theory's values (rounded to 2 significant digits), so contours
+    spread over the grid even when the values span orders of magnitude in one corner."""
+    q = np.quantile(T[np.isfinite(T)], np.linspace(0, 1, n + 2)[1:-1])
+    rounded = np.array([float(f"{v:.2g}") for v in q])
+    inside = rounded[(rounded > np.nanmin(T)) & (rounded < np.nanmax(T))]
+    return np.unique(inside)
 
 
 def heatmap(
@@ -122,12 +132,8 @@ def heatmap(
             .to_numpy(float)
         )
         ok = np.isfinite(T)
-        if ok.all() and np.ptp(T) > 0:
-            levels = (
-                np.geomspace(T.min(), T.max(), 6)[1:-1]
-                if log
-                else np.linspace(T.min(), T.max(), 6)[1:-1]
-            )
+        levels = contour_levels(T) if ok.all() and np.ptp(T) > 0 else np.array([])
+        if levels.size:
             cs = ax.contour(
                 np.arange(Z.shape[1]),
                 np.arange(Z.shape[0]),
@@ -137,7 +143,11 @@ def heatmap(
                 linewidths=1.0,
                 linestyles="--",
             )
-            ax.clabel(cs, fontsize=7, fmt="%.3g")
+            # a dark halo keeps white contours visible over the bright end of the colour map
+            cs.set(path_effects=[patheffects.withStroke(linewidth=2.4, foreground="black")])
+            labels = ax.clabel(cs, fontsize=7, fmt="%.3g", colors="white")
+            for label in labels:
+                label.set_path_effects([patheffects.withStroke(linewidth=2, foreground="black")])
 
 
 def line_plot(
