@@ -135,34 +135,45 @@ def validate_cmd(config: ConfigArg) -> None:
             f"{arm.name}: {c.loop.regime}, {c.model.family} on {c.data.source}, "
             f"bias {c.sampling.bias}, {c.generations} generations x {c.replicates} replicates"
         )
+    if arms[0].config.sweep is not None:
+        from madloop.sweep import plan
+
+        try:
+            p = plan(config)
+        except ConfigError as e:
+            fail(e.problems)
+        console.print(
+            f"sweep: {len(p.tasks) // p.seeds} points x {p.seeds} seeds = {len(p.tasks)} tasks"
+        )
 
 
 @app.command("sweep")
 def sweep_cmd(
     config: ConfigArg,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Sweep directory [default: runs/NAME-sweep].")
+        Path | None, typer.Option("--out", "-o", help="Sweep directory (default: runs/NAME-sweep).")
     ] = None,
     executor: Annotated[
         str | None,
-        typer.Option(help="local (process pool), ray or serial [default: local; ray if --address]"),
+        typer.Option(help="local (process pool), ray or serial (default: local; ray if --address)."),
     ] = None,
     address: Annotated[
         str | None, typer.Option(help="Ray cluster address (e.g. HOST:6379 or auto).")
     ] = None,
     workers: Annotated[
-        int | None, typer.Option(min=1, help="Worker processes / Ray CPUs [default: all CPUs].")
+        int | None,
+        typer.Option(min=1, help="Processes / local Ray CPUs / tasks at once on a cluster."),
     ] = None,
     resume: Annotated[
         bool, typer.Option("--resume/--fresh", help="Skip finished tasks, or start over.")
     ] = True,
     generation: Annotated[
-        int | None, typer.Option(min=1, help="Generation of the phase diagrams [default: last].")
+        int | None, typer.Option(min=1, help="Generation of the phase diagrams (default: the last).")
     ] = None,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Phase diagrams.")] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Run CONFIG's [sweep] grid x seeds; write results.parquet, theory.parquet, sweep.json,
+    """Run the grid x seeds of CONFIG's sweep table; write results.parquet, theory.parquet, sweep.json,
     tasks/ (one Parquet file per task) and plots/ (phase diagrams). Exit 1 if a task failed."""
     from madloop.executors import EXECUTORS
     from madloop.sweep import plan, sweep

@@ -153,8 +153,9 @@ class LocalExecutor:
 
 class RayExecutor:
     """Ray tasks, one CPU each. ``address``: an existing cluster (``"auto"``, ``"HOST:6379"``,
-    ``"ray://HOST:10001"``); None: a local Ray instance with ``workers`` CPUs, shut down again
-    afterwards. If Ray is already initialised in this process, that session is used as it is.
+    ``"ray://HOST:10001"``), where ``workers`` (if given) caps the tasks running at once; None: a
+    local Ray instance with ``workers`` CPUs, shut down again afterwards. If Ray is already
+    initialised in this process, that session is used as it is.
 
     ``max_in_flight`` bounds the tasks submitted but not yet collected (default: twice the
     cluster's CPUs), so a sweep of many tasks never floods the object store.
@@ -195,7 +196,12 @@ class RayExecutor:
             started = True
         remote = ray.remote(num_cpus=1, max_retries=0)(call)
         cpus = int(ray.cluster_resources().get("CPU", 1))
-        limit = self.max_in_flight or 2 * (min(cpus, self.workers) if self.workers else cpus)
+        if self.max_in_flight:
+            limit = self.max_in_flight
+        elif self.address and self.workers:  # on a shared cluster: at most `workers` at once
+            limit = self.workers
+        else:  # Ray runs as many as there are CPUs; a few more queued keep them busy
+            limit = 2 * cpus
         todo = iter(enumerate(tasks))
         pending: dict[Any, str] = {}
 
