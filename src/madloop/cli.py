@@ -155,7 +155,9 @@ def sweep_cmd(
     ] = None,
     executor: Annotated[
         str | None,
-        typer.Option(help="local (process pool), ray or serial (default: local; ray if --address)."),
+        typer.Option(
+            help="local (process pool), ray or serial (default local; ray with --address)."
+        ),
     ] = None,
     address: Annotated[
         str | None, typer.Option(help="Ray cluster address (e.g. HOST:6379 or auto).")
@@ -168,13 +170,14 @@ def sweep_cmd(
         bool, typer.Option("--resume/--fresh", help="Skip finished tasks, or start over.")
     ] = True,
     generation: Annotated[
-        int | None, typer.Option(min=1, help="Generation of the phase diagrams (default: the last).")
+        int | None, typer.Option(min=1, help="Phase diagrams at this generation (default: last).")
     ] = None,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Phase diagrams.")] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Run the grid x seeds of CONFIG's sweep table; write results.parquet, theory.parquet, sweep.json,
-    tasks/ (one Parquet file per task) and plots/ (phase diagrams). Exit 1 if a task failed."""
+    """Run the grid x seeds of CONFIG's sweep table; write results.parquet, theory.parquet,
+    sweep.json, tasks/ (one Parquet file per task) and plots/ (phase diagrams).
+    Exit 1 if a task failed."""
     from madloop.executors import EXECUTORS
     from madloop.sweep import plan, sweep
 
