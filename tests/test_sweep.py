@@ -270,6 +270,11 @@ def test_fresh_reruns_and_changed_config_is_not_reused(tmp_path):
     grown = small(generations=3)
     grown["sweep"]["grid"]["loop.real_size"] = [5, 40, 80]  # a new value: only its tasks run
     assert sweep(grown, out=tmp_path, executor="serial", plots=False).ran == 4
+    shrunk = small(generations=3)
+    shrunk["sweep"]["grid"]["loop.real_size"] = [5]
+    res = sweep(shrunk, out=tmp_path, executor="serial", plots=False)
+    assert res.ran == 0 and len(res.manifest["stale_tasks"]) == 8
+    assert set(res.results["loop.real_size"]) == {5}
 
 
 # -- the tables -----------------------------------------------------------------------------------

@@ -228,6 +228,13 @@ def sweep_cmd(
             )
         except ImportError as e:
             fail([str(e)])
+    if result.manifest["stale_tasks"]:
+        err.print(
+            f"[yellow]note[/yellow]: {len(result.manifest['stale_tasks'])} task directories in "
+            f"{result.out / 'tasks'} belong to no task of this sweep (an older grid or config); "
+            "results.parquet leaves them out, a glob over tasks/ does not (--fresh removes them)",
+            highlight=False,
+        )
     for tid, message in result.errors.items():
         err.print(f"[red]task failed[/red] {tid}: {message}", highlight=False, soft_wrap=True)
     counts = ", ".join(

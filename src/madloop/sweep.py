@@ -466,6 +466,13 @@ def sweep(
         write_parquet(theory, out / "theory.parquet")
     else:
         (out / "theory.parquet").unlink(missing_ok=True)
+    known = {t.id for t in plan_.tasks}
+    stale = sorted(
+        str(m.parent.relative_to(out / "tasks"))
+        for m in (out / "tasks").glob("**/manifest.json")
+        if str(m.parent.relative_to(out / "tasks")) not in known
+    )
+    manifest["stale_tasks"] = stale  # from an older grid: a glob over tasks/ still sees them
     manifest["timings_s"] = {
         "run_wall": round(run_wall, 4),
         "task_sum": round(sum(r["seconds"] for r in runs.values() if _finite(r["seconds"])), 4),
