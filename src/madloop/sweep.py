@@ -161,7 +161,7 @@ def _field_names(raw: Mapping[str, Any], table: str, grid: Mapping[str, list[Any
         from madloop.configs import SamplingConfig
 
         return set(SamplingConfig.model_fields)
-    choices = set(grid.get(f"{table}.{selector}", []))
+    choices = {c for c in grid.get(f"{table}.{selector}", []) if isinstance(c, str)}
     base = (raw.get(table) or {}).get(selector, default)
     choices |= {base} if base is not None else set()
     names: set[str] = set()
