@@ -9,9 +9,11 @@ Every task is one exact-mode Gaussian run of about a second. The script measures
 
 and prints tasks/second, the speed-up of 2 workers over 1 and the per-task overhead of each
 executor: (workers x wall - bare total) / tasks, the CPU-seconds per task spent on anything but
-the task. Each measurement is repeated (``--repeats``); on a machine shared with other jobs the
-fastest run is the best estimate of the uncontended time, so rates, speed-ups and overheads use
-the fastest run, and the median is printed next to it.
+the task. Because other jobs on a shared machine slow the tasks themselves too, it also prints the
+executor's own cost, (workers x wall - the tasks' in-worker seconds) / tasks, and the busy
+fraction, in-worker seconds / (workers x wall). Each measurement is repeated (``--repeats``); on
+a machine shared with other jobs the fastest run is the best estimate of the uncontended time, so
+rates, speed-ups and overheads use the fastest run, and the median is printed next to it.
 
     python benchmarks/sweep_scaling.py [--tasks 8] [--repeats 3] [--generations 150]
 """
@@ -43,12 +45,13 @@ def config(tasks: int, generations: int) -> dict:
     }
 
 
-def timed_map(executor, tasks) -> float:
+def timed_map(executor, tasks) -> tuple[float, float]:
+    """(wall seconds, the sum of the seconds the tasks ran inside the workers)."""
     t0 = time.perf_counter()
     results = list(executor.map(run_task, tasks))
     wall = time.perf_counter() - t0
     assert all(r.ok for r in results), [r.error for r in results if not r.ok]
-    return wall
+    return wall, sum(r.seconds for r in results)
 
 
 def main() -> None:
@@ -73,8 +76,8 @@ def main() -> None:
 
     rows = []
     for workers in (1, 2):
-        walls = [timed_map(LocalExecutor(workers), tasks) for _ in range(args.repeats)]
-        rows.append(("local", workers, walls))
+        runs = [timed_map(LocalExecutor(workers), tasks) for _ in range(args.repeats)]
+        rows.append(("local", workers, runs))
     if not args.no_ray:
         import ray
 
@@ -83,25 +86,28 @@ def main() -> None:
             ray.init(num_cpus=workers, include_dashboard=False, logging_level=logging.ERROR)
             timed_map(RayExecutor(), tasks[:workers])  # warm the worker processes
             startup = time.perf_counter() - t0
-            walls = [timed_map(RayExecutor(), tasks) for _ in range(args.repeats)]
+            runs = [timed_map(RayExecutor(), tasks) for _ in range(args.repeats)]
             ray.shutdown()
-            rows.append((f"ray (start-up {startup:.1f} s)", workers, walls))
+            rows.append((f"ray (start-up {startup:.1f} s)", workers, runs))
 
     print(
         f"\n{'executor':<24}{'workers':>8}{'best s':>8}{'median s':>10}{'tasks/s':>9}"
-        f"{'speed-up':>10}{'overhead s/task':>17}  runs"
+        f"{'speed-up':>10}{'overhead/task':>15}{'own cost/task':>15}{'busy':>7}  runs"
     )
     one: dict[str, float] = {}
-    for name, workers, walls in rows:
-        wall = min(walls)
+    for name, workers, runs in rows:
+        wall, inside = min(runs)
+        walls = [w for w, _ in runs]
         key = name.split()[0]
         if workers == 1:
             one[key] = wall
         speedup = one[key] / wall
         overhead = (workers * wall - bare) / n
+        own = (workers * wall - inside) / n
         print(
             f"{name:<24}{workers:>8}{wall:>8.2f}{statistics.median(walls):>10.2f}"
-            f"{n / wall:>9.2f}{speedup:>9.2f}x{overhead:>17.3f}  {_fmt(walls)}"
+            f"{n / wall:>9.2f}{speedup:>9.2f}x{overhead:>14.3f}s{own:>14.3f}s"
+            f"{inside / (workers * wall):>7.0%}  {_fmt(walls)}"
         )
 
 
