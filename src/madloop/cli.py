@@ -205,7 +205,8 @@ def sweep_cmd(
 
         def on_start(plan_: object, to_run: int) -> None:
             reused = len(p.tasks) - to_run
-            bar.update(task, completed=reused, description=f"{p.name}: {reused} reused")
+            # reset, not update: the reused tasks must not count towards the speed (ETA)
+            bar.reset(task, total=len(p.tasks), completed=reused, description=f"{p.name}")
 
         def progress(result: object, done: int, to_run: int) -> None:
             nonlocal failed
