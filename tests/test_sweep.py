@@ -400,3 +400,17 @@ def test_example_sweep_config_is_valid():
     assert p.keys == ["sampling.bias", "loop.real_size"]
     assert len(p.tasks) == len(p.grid["sampling.bias"]) * len(p.grid["loop.real_size"]) * p.seeds
     assert {t.config["loop"]["regime"] for t in p.tasks} == {"fresh-data"}
+
+
+def test_phase_table_averages_the_last_generation_over_replicates_and_seeds(reference):
+    from madloop.report.phase import contour_levels, phase_table
+
+    t = phase_table(reference, "trace_ratio", "loop.real_size", "sampling.bias")
+    last = reference[(reference.metric == "trace_ratio") & (reference.generation == 4)]
+    want = last.groupby(["sampling.bias", "loop.real_size"])["value"].agg(["mean", "size"])
+    np.testing.assert_allclose(t["mean"], want["mean"].to_numpy())
+    assert (t["n"] == 2 * 3).all()  # 2 seeds x 3 replicates per cell
+    at2 = phase_table(reference, "trace_ratio", "loop.real_size", generation=2)
+    assert len(at2) == 2 and (at2["n"] == 2 * 2 * 3).all()  # mean over the other key too
+    levels = contour_levels(np.array([[1e-8, 0.2], [0.5, 1.0]]))
+    assert len(levels) >= 2 and (levels > 1e-8).all() and (levels < 1.0).all()
