@@ -7,7 +7,8 @@
 
 :func:`plot_phase_diagrams` writes them for every metric into a sweep's ``plots/``:
 ``heatmap_{metric}[_{arm}].png`` for the first two swept keys and ``line_{metric}_by_{key}
-[_{arm}].png`` for each swept key (the arm suffix only when the sweep has several arms). Inputs are
+[_{arm}].png`` for each swept key (the arm suffix only when the sweep has several arms; with one
+swept key, one line plot per metric holds every arm). Inputs are
 the sweep's ``results.parquet`` / ``theory.parquet`` tables, so this module never imports the loop.
 """
 
@@ -267,8 +268,11 @@ def plot_phase_diagrams(
                 ax.set_title(title, fontsize=9)
                 fig.tight_layout()
                 paths.append(_save(fig, out / f"heatmap_{metric}{suffix}.png"))
+            if len(keys) == 1 and arm != arms[0]:
+                continue  # one swept key: a single line plot with every arm as a line
             for key in keys:
                 hue = next((k for k in keys if k != key), None)
+                line_arm = arm if hue else None
                 fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
                 line_plot(
                     results,
@@ -278,14 +282,16 @@ def plot_phase_diagrams(
                     hue=hue,
                     keys=keys,
                     theory=theory,
-                    arm=arm,
+                    arm=line_arm,
                     generation=generation,
                 )
+                who = f" ({line_arm})" if line_arm else ""
                 ax.set_title(
-                    f"{metric} ({arm}), {_gen_label(generation)}: mean +- s.e.; theory dashed",
+                    f"{metric}{who}, {_gen_label(generation)}: mean +- s.e.; theory dashed",
                     fontsize=9,
                 )
                 ax.legend(fontsize=7, ncol=2)
                 fig.tight_layout()
-                paths.append(_save(fig, out / f"line_{metric}_by_{key}{suffix}.png"))
+                name = f"line_{metric}_by_{key}{suffix if line_arm else ''}.png"
+                paths.append(_save(fig, out / name))
     return paths
