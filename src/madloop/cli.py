@@ -137,6 +137,47 @@ def validate_cmd(config: ConfigArg) -> None:
         )
 
 
+@app.command("report")
+def report_cmd(
+    directory: Annotated[
+        Path,
+        typer.Argument(help="A run or sweep directory, or a folder of them.", show_default=False),
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="HTML file [default: DIR/report.html].")
+    ] = None,
+    figures: Annotated[
+        Path | None, typer.Option(help="Also write every figure as a PNG into this folder.")
+    ] = None,
+    k: Annotated[
+        float | None,
+        typer.Option("--k", help="Flag departures from theory beyond k standard errors."),
+    ] = None,
+) -> None:
+    """Write one self-contained HTML page (figures inline, no network) for DIRECTORY."""
+    from madloop.report.html import ReportError, build_report
+
+    try:
+        path = build_report(directory, out, figures=figures, cutoff=k)
+    except ReportError as e:
+        fail([str(e)])
+    console.print(f"wrote {path}")
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Demo folder.")] = Path("runs/demo"),
+    quick: Annotated[bool, typer.Option(help="Tiny sizes (for tests): seconds, not minutes.")] = (
+        False
+    ),
+) -> None:
+    """Run the flagship study (each part whose modules exist) and write OUT/report.html."""
+    from madloop.demo import run_demo
+
+    report = run_demo(out, quick=quick, echo=lambda line: err.print(line, highlight=False))
+    console.print(f"{report}")
+
+
 def main() -> None:
     try:
         app()
