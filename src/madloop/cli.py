@@ -174,8 +174,10 @@ def demo_cmd(
     """Run the flagship study (each part whose modules exist) and write OUT/report.html."""
     from madloop.demo import run_demo
 
-    report = run_demo(out, quick=quick, echo=lambda line: err.print(line, highlight=False))
-    console.print(f"{report}")
+    report = run_demo(
+        out, quick=quick, echo=lambda line: err.print(line, highlight=False, markup=False)
+    )
+    console.print(str(report), highlight=False, markup=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -255,11 +255,15 @@ def sweep_sentences(
             f"{COLLAPSED_BELOW}) at {len(collapsed)} of {total} grid points and kept >= "
             f"{int(SHRINKING_BELOW * 100)}% of the variance at {len(stable)}."
         )
-        for key in keys:
-            # the smallest / largest value of each key at which the loop still holds
-            held = sorted(stable[key].unique().tolist(), key=_sort_key)
-            if held and len(held) < g[key].nunique():
-                text += f" It holds only for {key} in {{{', '.join(map(_fmt_value, held))}}}."
+        if 0 < len(collapsed) < total:
+            points = [
+                "("
+                + ", ".join(f"{k} = {_fmt_value(v)}" for k, v in zip(keys, row, strict=True))
+                + ")"
+                for row in collapsed[keys].itertuples(index=False)
+            ]
+            shown = points[:6] + ([f"and {len(points) - 6} more"] if len(points) > 6 else [])
+            text += " Collapsed at " + "; ".join(shown) + "."
         out.append(text)
     return out
 
