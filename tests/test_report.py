@@ -248,6 +248,8 @@ def _open_in_browser(page_path: Path, shot: Path) -> dict:
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
     exe = _chromium()
     if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing on CI: .ci/run should have installed it")
         pytest.skip("Debian's chromium is not installed here (.ci/run installs it)")
     errors: list[str] = []
     with sync_api.sync_playwright() as p:

@@ -160,6 +160,12 @@ def arm_finding(arm: str, rows: pd.DataFrame) -> ArmFinding:
             )
         finding.sentences.append(text + ".")
 
+    if ld is not None and np.isneginf(ld["mean"].to_numpy(float)).any():
+        first = int(ld["generation"].to_numpy()[np.isneginf(ld["mean"].to_numpy(float))][0])
+        finding.sentences.append(
+            f"log det Σ_t is -inf from generation {first} on: some chains' fitted covariance is "
+            "singular (fewer training points than dimensions, or variance lost to rounding)."
+        )
     if finding.log_det_slope is not None:
         text = f"log det Σ changes by {_fmt(finding.log_det_slope)} per generation"
         if finding.log_det_slope_theory is not None:
@@ -169,8 +175,8 @@ def arm_finding(arm: str, rows: pd.DataFrame) -> ArmFinding:
             text += f": the fitted law's volume shrinks by a factor {factor} a generation"
         if finding.verdict == "collapsing":
             text += (
-                f", and still by {_fmt(np.exp(late_slope))} over the second half although the "
-                "mean trace holds: the typical chain degenerates (some directions die out)"
+                f", still {_fmt(np.exp(late_slope))} a generation over the second half: the mean "
+                "trace holds, yet the typical chain degenerates (some directions die out)"
             )
         finding.sentences.append(text + ".")
 

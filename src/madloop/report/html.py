@@ -300,7 +300,12 @@ def _theory_summary(part: Part, found: fnd.Findings) -> None:
     if not flagged:
         part.theory_note += "None does: the simulation agrees with theory everywhere."
     else:
-        part.theory_note += f"{sum(d.flagged for d in flagged)} do, in {len(flagged)} series:"
+        part.theory_note += (
+            f"{sum(d.flagged for d in flagged)} do, in {len(flagged)} series (below). A flag is "
+            "either a real departure or a mean over too few replicate chains of a heavy-tailed "
+            "metric, whose standard error is then itself unreliable: more replicates tell them "
+            "apart."
+        )
     for d in flagged:
         part.departures.append(
             {
