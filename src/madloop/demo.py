@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -29,6 +30,7 @@ from typing import Any
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 IMAGE_GENERATIONS = 5  # the image loop's length in the demo (the example's own is longer)
 IMAGE_FAMILIES = ("ddpm", "vae", "flow", "gan")
+PHASE_TIMEOUT_S = 420  # the sweep's share of the demo's 15 minutes
 
 Echo = Callable[[str], None]
 
@@ -62,9 +64,20 @@ def phase_part(out: Path, *, quick: bool, echo: Echo) -> str | None:
         return "phase: skipped in quick mode"
     cmd = [sys.executable, "-m", "madloop.cli", "sweep", str(config), "--out", str(out)]
     t0 = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+    # its own session, so that on a timeout the sweep's worker processes end with it
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    try:
+        output, _ = proc.communicate(timeout=PHASE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.communicate()
+        return (
+            f"phase: the sweep took over {PHASE_TIMEOUT_S} s and was stopped (finished tasks kept)"
+        )
+    if proc.returncode != 0:
+        tail = output.strip().splitlines()[-3:]
         return f"phase: the sweep failed ({' / '.join(tail)})"
     return f"phase: {config.name} swept in {time.perf_counter() - t0:.1f} s"
 

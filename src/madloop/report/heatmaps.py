@@ -19,14 +19,27 @@ from matplotlib.ticker import LogLocator, MaxNLocator  # noqa: E402
 
 from madloop.report.plots import LABELS, LOG_SCALE  # noqa: E402
 
-RESULT_COLUMNS = {"seed", "arm", "generation", "replicate", "metric", "value", "theory", "task"}
+RESULT_COLUMNS = {
+    "seed",
+    "arm",
+    "generation",
+    "replicate",
+    "metric",
+    "value",
+    "theory",
+    "task",
+    "task_id",
+    "status",
+}
 
 
-def swept_keys(results: pd.DataFrame, order: list[str] | None = None) -> list[str]:
-    """The swept keys that take more than one value, in the sweep's own order when given."""
-    keys = [c for c in results.columns if c not in RESULT_COLUMNS]
-    if order:
-        keys = [k for k in order if k in keys] + [k for k in keys if k not in order]
+def swept_keys(results: pd.DataFrame, grid: list[str] | None = None) -> list[str]:
+    """The swept keys that take more than one value: the sweep's grid keys when it names them,
+    else every column that is not a standard one (seed, arm, generation, ...)."""
+    if grid:
+        keys = [k for k in grid if k in results.columns]
+    else:
+        keys = [c for c in results.columns if c not in RESULT_COLUMNS]
     return [k for k in keys if results[k].astype(str).nunique() > 1]
 
 
