@@ -399,3 +399,81 @@ def test_verdicts_and_rates():
     assert fnd.arm_finding("c", steady).verdict == "stable"
     recall = _summary("d", "recall", np.linspace(0.8, 0.2, 30))
     assert fnd.arm_finding("d", recall).verdict == "collapsed"
+
+
+# -- phase-diagram cells and other shapes of input -------------------------------------------------
+def _results(keys: dict[str, list], seeds=(0, 1), replicates=3) -> pd.DataFrame:
+    rows = []
+    for values in itertools.product(*keys.values()):
+        for seed in seeds:
+            for r in range(replicates):
+                # value = seed + replicate / 10 + position: cell mean = 0.5 + 0.1 + position
+                pos = sum(
+                    i * 10**j
+                    for j, i in enumerate(
+                        [list(v).index(x) for v, x in zip(keys.values(), values, strict=True)]
+                    )
+                )
+                rows.append(
+                    {
+                        **dict(zip(keys, values, strict=True)),
+                        "seed": seed,
+                        "arm": "base",
+                        "generation": 4,
+                        "replicate": r,
+                        "metric": "trace_ratio",
+                        "value": seed + r / 10 + pos,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def test_cells_average_replicates_and_seeds():
+    from madloop.report import heatmaps
+
+    res = _results({"loop.real_size": [0, 10], "loop.regime": ["fresh-data", "accumulate"]})
+    assert heatmaps.swept_keys(res) == ["loop.real_size", "loop.regime"]
+    assert heatmaps.swept_keys(res, ["loop.regime", "loop.real_size"]) == [
+        "loop.regime",
+        "loop.real_size",
+    ]
+    cells = heatmaps.cell_means(res, "trace_ratio", ["loop.real_size", "loop.regime"], 4)
+    got = cells.set_index(["loop.real_size", "loop.regime"])["mean"]
+    assert got[(0, "fresh-data")] == pytest.approx(0.6)
+    assert got[(10, "accumulate")] == pytest.approx(0.6 + 11)
+    assert set(cells["n"]) == {6}
+    # categorical and numeric keys, one key, three keys: each draws
+    heatmaps.plot_phase(res, None, "trace_ratio", ["loop.regime", "loop.real_size"], 4)
+    heatmaps.plot_line(res, None, "trace_ratio", "loop.regime", 4)
+
+
+def test_three_keys_average_the_third(tmp_path):
+    res = _results({"a.x": [1, 2], "a.y": [1, 2, 3], "a.z": [0.1, 0.2]})
+    sweep = tmp_path / "s"
+    sweep.mkdir()
+    res.to_parquet(sweep / "results.parquet")
+    tasks = {"t1": {"status": "done"}, "t2": {"status": "failed", "error": "x" * 1000}}
+    (sweep / "sweep.json").write_text(
+        json.dumps({"grid": {"a.x": [1, 2], "a.y": [1, 2, 3], "a.z": [0.1, 0.2]}, "tasks": tasks})
+    )
+    page = build_report(sweep).read_text()
+    assert "averaging over a.z" in page
+    assert "1 failed" in page and "x" * 239 + "…" in page and "x" * 241 not in page
+    assert "No theory.parquet" in page
+
+
+def test_run_without_manifest_or_summary(tiny_run, tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(tiny_run / "metrics.parquet", bare / "metrics.parquet")
+    page = build_report(bare).read_text()
+    assert _sections(page) == ["summary", "metrics", "config"]
+    assert "No closed-form theory" in page
+
+
+def test_gallery_picks_first_last_and_between():
+    from madloop.report.html import _pick_generations
+
+    assert _pick_generations([1, 2, 3]) == [1, 2, 3]
+    picks = _pick_generations([1, 2, 3, 5, 7, 10, 20, 50, 100])
+    assert picks[0] == 1 and picks[-1] == 100 and len(picks) <= 6 and picks == sorted(picks)

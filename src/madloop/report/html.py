@@ -88,6 +88,15 @@ def _shrink(data: bytes) -> bytes:
     return buf.getvalue()
 
 
+def _width(data: bytes) -> int:
+    from PIL import Image
+
+    try:
+        return Image.open(io.BytesIO(data)).size[0]
+    except OSError:
+        return 0
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
@@ -383,6 +392,7 @@ def galleries(folder: Path) -> list[dict[str, Any]]:
             mime = "image/png" if ext == "png" else "image/jpeg"
             data = file.read_bytes()
             item["uri"] = png_data_uri(_shrink(data) if mime == "image/png" else data, mime)
+            item["pixel"] = "pixel" if _width(data) <= 320 else ""  # upscale sharp, not blurred
         found.setdefault(arm, {}).setdefault(gen, []).append(item)
     out = []
     for arm, by_gen in found.items():
@@ -502,7 +512,7 @@ def _tasks(meta: dict[str, Any]) -> dict[str, Any]:
                 columns.append(k)
     failed = [t for t in tasks if t.get("error")]
     shown = (failed + [t for t in tasks if not t.get("error")])[:40]
-    rows = [[_fmt(t.get(c, "")) if t.get(c) is not None else "" for c in columns] for t in shown]
+    rows = [[_cell(t.get(c)) for c in columns] for t in shown]
     return {
         "counts": counts,
         "total": len(tasks),
@@ -511,6 +521,11 @@ def _tasks(meta: dict[str, Any]) -> dict[str, Any]:
         "more": max(0, len(tasks) - len(shown)),
         "failed": len(failed),
     }
+
+
+def _cell(value: Any, limit: int = 240) -> str:
+    text = "" if value is None else _fmt(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _sweep_provenance(meta: dict[str, Any], path: Path) -> list[tuple[str, str]]:
