@@ -477,3 +477,11 @@ def test_gallery_picks_first_last_and_between():
     assert _pick_generations([1, 2, 3]) == [1, 2, 3]
     picks = _pick_generations([1, 2, 3, 5, 7, 10, 20, 50, 100])
     assert picks[0] == 1 and picks[-1] == 100 and len(picks) <= 6 and picks == sorted(picks)
+
+
+def test_report_reads_directories_not_the_loop():
+    """The report is made from files: it imports neither the loop, the experiment nor sweeps."""
+    for path in (ROOT / "src" / "madloop" / "report").glob("*.py"):
+        source = path.read_text()
+        for module in ("madloop.loop", "madloop.experiment", "madloop.sweep"):
+            assert module not in source, f"{path.name} imports {module}"

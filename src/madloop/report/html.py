@@ -97,6 +97,15 @@ def _width(data: bytes) -> int:
         return 0
 
 
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Temp file beside ``path``, then rename: a reader never sees half a page. (The report does
+    not import the experiment module, which pulls in the loop.)"""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
@@ -228,9 +237,20 @@ def _slug(text: str) -> str:
 def _run_summary(path: Path) -> pd.DataFrame:
     if (path / "summary.csv").exists():
         return pd.read_csv(path / "summary.csv")
-    from madloop.experiment import summarize
-
-    return summarize(pd.read_parquet(path / "metrics.parquet"))
+    # a run without summary.csv: the same statistics from the long table (no theory column)
+    metrics = pd.read_parquet(path / "metrics.parquet")
+    g = metrics.groupby(["arm", "generation", "metric"], sort=False)["value"]
+    out = g.agg(
+        mean="mean",
+        std="std",
+        median="median",
+        q05=lambda v: v.quantile(0.05),
+        q95=lambda v: v.quantile(0.95),
+        n="size",
+    ).reset_index()
+    out["std_error"] = out.pop("std") / np.sqrt(out["n"])
+    out["theory"] = np.nan
+    return out
 
 
 def run_part(path: Path, title: str | None = None, *, cutoff: float | None = None) -> Part:
@@ -600,8 +620,6 @@ def build_report(
 ) -> Path:
     """Write the report of the run / sweep / folder at ``path`` to ``out`` (default
     ``path/report.html``); with ``figures``, also write every figure there as a PNG."""
-    from madloop.experiment import write_atomic
-
     path = Path(path)
     if not path.exists():
         raise ReportError(f"{path}: no such directory")
