@@ -170,12 +170,18 @@ def demo_cmd(
     quick: Annotated[bool, typer.Option(help="Tiny sizes (for tests): seconds, not minutes.")] = (
         False
     ),
+    image_generations: Annotated[
+        int, typer.Option(min=1, help="Generations of the image loop (when it runs).")
+    ] = 4,
 ) -> None:
     """Run the flagship study (each part whose modules exist) and write OUT/report.html."""
     from madloop.demo import run_demo
 
     report = run_demo(
-        out, quick=quick, echo=lambda line: err.print(line, highlight=False, markup=False)
+        out,
+        quick=quick,
+        image_generations=image_generations,
+        echo=lambda line: err.print(line, highlight=False, markup=False),
     )
     console.print(str(report), highlight=False, markup=False, soft_wrap=True)
 

@@ -8,7 +8,7 @@ showing them all:
 - ``phase``: the fresh-data phase diagram, ``examples/fresh-data-phase.toml`` run by
   ``madloop sweep`` (when the sweep module exists).
 - ``images``: a small image loop with and without bias, the bias arms of
-  ``examples/mad-digits.toml`` for a few generations (when the neural families exist).
+  ``examples/mad-digits.toml`` for 4 generations (when the neural families exist).
 
 A part whose module is missing is skipped with a note on the page, never an error. The whole demo
 stays within 15 minutes on 2 CPU cores; ``quick`` runs a small Gaussian study only (tests).
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-IMAGE_GENERATIONS = 5  # the image loop's length in the demo (the example's own is longer)
+IMAGE_GENERATIONS = 4  # the image loop's length in the demo (the example's own is longer)
 IMAGE_FAMILIES = ("ddpm", "vae", "flow", "gan")
 PHASE_TIMEOUT_S = 420  # the sweep's share of the demo's 15 minutes
 
