@@ -210,7 +210,7 @@ def test_sweep_report_has_phase_diagrams(tiny_sweep, tmp_path):
     assert _sections(page) == ["summary", "phase", "tasks", "config"]
     metrics = pd.read_parquet(tiny_sweep / "results.parquet")["metric"].unique()
     assert len(list(figs.glob("*-phase-*.png"))) == len(metrics)
-    assert "Dashed white contours: theory" in page
+    assert "Dashed white contours: the theory" in page
     assert "of 9 grid points" in page  # the collapse sentence counts the grid
     assert not NETWORK.search(page)
 

@@ -94,8 +94,13 @@ def _norm(metric: str, values: np.ndarray) -> Normalize:
     return Normalize(lo, hi)
 
 
-def _levels(norm: Normalize) -> np.ndarray:
-    if isinstance(norm, LogNorm):
+TRACE_LEVELS = np.array([0.25, 0.5, 0.9])  # a quarter, half (collapse), 90% of the variance kept
+
+
+def _levels(norm: Normalize, metric: str = "") -> np.ndarray:
+    if metric == "trace_ratio":
+        levels = TRACE_LEVELS
+    elif isinstance(norm, LogNorm):
         levels = LogLocator(subs=(1.0, 2.0, 5.0)).tick_values(norm.vmin, norm.vmax)
     else:
         levels = MaxNLocator(6).tick_values(norm.vmin, norm.vmax)
@@ -116,7 +121,7 @@ def plot_phase(
     generation: int,
 ) -> plt.Figure:
     """A heatmap of ``metric`` at ``generation`` over keys[0] (x) and keys[1] (y), one panel per
-    arm, other swept keys averaged; dashed white contours: theory on the colour scale's levels."""
+    arm, other swept keys averaged; dashed white contours: the theory at a few labelled levels."""
     x, y = keys[0], keys[1]
     cells = cell_means(results, metric, [x, y], generation)
     th = theory_means(theory, metric, [x, y], generation)
@@ -146,7 +151,7 @@ def plot_phase(
                     )
         if th is not None:
             TZ = _grid(th[th["arm"] == arm], "theory", x, y, xs, ys)
-            levels = _levels(norm)
+            levels = _levels(norm, metric)
             if np.isfinite(TZ).sum() >= 4 and min(TZ.shape) >= 2 and levels.size:
                 cs = ax.contour(
                     np.arange(len(xs)),

@@ -464,7 +464,7 @@ def sweep_part(path: Path, title: str | None = None, *, cutoff: float | None = N
             fig = heatmaps.plot_phase(results, theory, metric, keys[:2], T)
             caption = "Colour: the simulation's mean over replicate chains and seeds."
             if heatmaps.theory_means(theory, metric, keys[:2], T) is not None:
-                caption += " Dashed white contours: theory on the colour bar's levels."
+                caption += " Dashed white contours: the theory, at the labelled levels."
         elif len(keys) == 1:
             fig = heatmaps.plot_line(results, theory, metric, keys[0], T)
             caption = "Mean over replicate chains and seeds, ± 2 standard errors."
