@@ -180,14 +180,24 @@ def collection(tmp_path_factory, tiny_run, tiny_sweep) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tiny_run, tiny_sweep, collection) -> dict[str, tuple[Path, Path]]:
+    """Each page built once: kind -> (report.html, its figures folder)."""
+    root = tmp_path_factory.mktemp("pages")
+    out = {}
+    for kind, source in (("run", tiny_run), ("sweep", tiny_sweep), ("folder", collection)):
+        figs = root / f"{kind}-figures"
+        out[kind] = (build_report(source, root / f"{kind}.html", figures=figs), figs)
+    return out
+
+
 def _sections(page: str) -> list[str]:
     return re.findall(r'data-section="([a-z]+)"', page)
 
 
 # -- the page as HTML -----------------------------------------------------------------------------
-def test_run_report_has_every_part(tiny_run, tmp_path):
-    figs = tmp_path / "figs"
-    out = build_report(tiny_run, tmp_path / "r.html", figures=figs)
+def test_run_report_has_every_part(tiny_run, built):
+    out, figs = built["run"]
     page = out.read_text()
     assert _sections(page) == ["summary", "metrics", "galleries", "config"]
     # one curve per metric, inline; galleries: three arms, images and text excerpts
@@ -204,9 +214,9 @@ def test_run_report_has_every_part(tiny_run, tmp_path):
     assert not NETWORK.search(page)
 
 
-def test_sweep_report_has_phase_diagrams(tiny_sweep, tmp_path):
-    figs = tmp_path / "figs"
-    page = build_report(tiny_sweep, tmp_path / "s.html", figures=figs).read_text()
+def test_sweep_report_has_phase_diagrams(tiny_sweep, built):
+    out, figs = built["sweep"]
+    page = out.read_text()
     assert _sections(page) == ["summary", "phase", "tasks", "config"]
     metrics = pd.read_parquet(tiny_sweep / "results.parquet")["metric"].unique()
     assert len(list(figs.glob("*-phase-*.png"))) == len(metrics)
@@ -215,9 +225,9 @@ def test_sweep_report_has_phase_diagrams(tiny_sweep, tmp_path):
     assert not NETWORK.search(page)
 
 
-def test_folder_of_parts_is_one_page(collection, tmp_path):
+def test_folder_of_parts_is_one_page(collection, built):
     assert kind_of(collection) == "collection"
-    page = build_report(collection, tmp_path / "c.html").read_text()
+    page = built["folder"][0].read_text()
     assert 'id="gaussian"' in page and 'id="phase"' in page
     assert _sections(page).count("summary") == 2
 
@@ -285,10 +295,8 @@ def _open_in_browser(page_path: Path, shot: Path) -> dict:
 
 
 @pytest.mark.parametrize("which", ["run", "sweep", "folder"])
-def test_report_in_headless_chromium(which, tiny_run, tiny_sweep, collection, tmp_path):
-    source = {"run": tiny_run, "sweep": tiny_sweep, "folder": collection}[which]
-    page = build_report(source, tmp_path / f"{which}.html")
-    info = _open_in_browser(page, ARTIFACTS / f"report-{which}.png")
+def test_report_in_headless_chromium(which, built):
+    info = _open_in_browser(built[which][0], ARTIFACTS / f"report-{which}.png")
     assert info["errors"] == []
     assert info["requests"] == []
     assert info["images"], "the page has no image"
