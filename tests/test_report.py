@@ -237,6 +237,13 @@ def test_cli_report_and_bad_directory(tiny_run, tmp_path):
     res = runner.invoke(app, ["report", str(tiny_run), "-o", str(tmp_path / "x.html")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "x.html").stat().st_size > 10_000
+    # a cut-off of 0.01 standard errors flags (nearly) every comparison with theory
+    res = runner.invoke(
+        app, ["report", str(tiny_run), "-o", str(tmp_path / "k.html"), "--k", "0.01"]
+    )
+    assert res.exit_code == 0, res.output
+    assert "k = 0.01 standard errors" in (tmp_path / "k.html").read_text()
+    assert 'class="data flags"' in (tmp_path / "k.html").read_text()
     res = runner.invoke(app, ["report", str(tmp_path / "nothing")])
     assert res.exit_code == 2
     assert "no such directory" in res.output

@@ -30,6 +30,7 @@ from typing import Any
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 IMAGE_GENERATIONS = 4  # the image loop's length in the demo (the example's own is longer)
 IMAGE_FAMILIES = ("ddpm", "vae", "flow", "gan")
+MAX_REPORT_MB = 10
 PHASE_TIMEOUT_S = 420  # the sweep's share of the demo's 15 minutes
 
 Echo = Callable[[str], None]
@@ -145,4 +146,6 @@ def run_demo(
     )
     size = report.stat().st_size / 1e6
     echo(f"demo: report {size:.1f} MB, {time.perf_counter() - t0:.0f} s in all")
+    if size > MAX_REPORT_MB:
+        echo(f"demo: warning: the report is over {MAX_REPORT_MB} MB (large sample galleries?)")
     return report

@@ -62,6 +62,7 @@ class Findings:
     departures: list[Departure]
     comparisons: int
     cutoff: float
+    automatic: bool = True  # cutoff chosen by Bonferroni (not given by the user)
 
     @property
     def flagged(self) -> list[Departure]:
@@ -239,7 +240,7 @@ def departures(
 def findings(summary: pd.DataFrame, cutoff: float | None = None) -> Findings:
     arms = [arm_finding(str(a), g) for a, g in summary.groupby("arm", sort=False)]
     deps, n, k = departures(summary, cutoff)
-    return Findings(arms, deps, n, k)
+    return Findings(arms, deps, n, k, automatic=cutoff is None)
 
 
 # -- sweeps ---------------------------------------------------------------------------------------

@@ -321,10 +321,10 @@ def _theory_summary(part: Part, found: fnd.Findings) -> None:
         part.theory_note = "No closed-form theory applies to this run, so nothing is compared."
         return
     flagged = found.flagged
+    why = "Bonferroni: 1% chance of any false flag" if found.automatic else "as asked"
     part.theory_note = (
         f"{found.comparisons} (arm, generation, metric) means were compared with theory; a "
-        f"difference counts when it exceeds k = {found.cutoff:.2f} standard errors (Bonferroni, "
-        f"1% chance of any false flag). "
+        f"difference counts when it exceeds k = {found.cutoff:.2f} standard errors ({why}). "
     )
     if not flagged:
         part.theory_note += "None does: the simulation agrees with theory everywhere."
