@@ -500,3 +500,13 @@ def test_report_reads_directories_not_the_loop():
         source = path.read_text()
         for module in ("madloop.loop", "madloop.experiment", "madloop.sweep"):
             assert module not in source, f"{path.name} imports {module}"
+
+
+def test_foreign_summary_with_few_columns(tmp_path):
+    """A summary.csv with only arm, generation, metric, mean (another tool's): still a page."""
+    (tmp_path / "summary.csv").write_text(
+        "arm,generation,metric,mean\na,1,recall,0.8\na,2,recall,0.5\na,3,recall,0.3\n"
+    )
+    page = build_report(tmp_path).read_text()
+    assert "1 arm(s), 3 generations." in page
+    assert 'badge collapsed">collapsed</span> <strong>a</strong>' in page

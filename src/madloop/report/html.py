@@ -115,7 +115,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float | np.floating):
-        return "" if not np.isfinite(value) and np.isnan(value) else f"{value:.4g}"
+        return "" if np.isnan(value) else f"{value:.4g}"
     return str(value)
 
 
@@ -236,7 +236,12 @@ def _slug(text: str) -> str:
 # -- runs -----------------------------------------------------------------------------------------
 def _run_summary(path: Path) -> pd.DataFrame:
     if (path / "summary.csv").exists():
-        return pd.read_csv(path / "summary.csv")
+        summary = pd.read_csv(path / "summary.csv")
+        for column in ("std_error", "median", "q05", "q95", "n", "theory"):
+            if column not in summary:  # an older or foreign summary: show what it has
+                summary[column] = summary["mean"] if column == "median" else np.nan
+        summary["theory"] = pd.to_numeric(summary["theory"], errors="coerce")
+        return summary
     # a run without summary.csv: the same statistics from the long table (no theory column)
     metrics = pd.read_parquet(path / "metrics.parquet")
     g = metrics.groupby(["arm", "generation", "metric"], sort=False)["value"]
@@ -263,6 +268,10 @@ def run_part(path: Path, title: str | None = None, *, cutoff: float | None = Non
     arms_cfg: dict[str, dict[str, Any]] = manifest.get("arms", {}) or {}
 
     # summary
+    T = int(summary["generation"].max()) if len(summary) else 0
+    chains = pd.to_numeric(summary["n"], errors="coerce").max() if len(summary) else np.nan
+    each = f", {int(chains)} replicate chains each" if np.isfinite(chains) else ""
+    part.description.append(f"{summary['arm'].nunique()} arm(s), {T} generations{each}.")
     found = fnd.findings(summary, cutoff)
     for arm in found.arms:
         what = describe_arm(arms_cfg[arm.arm]) if arm.arm in arms_cfg else ""
