@@ -270,7 +270,9 @@ def sweep_sentences(
                 for row in collapsed[keys].itertuples(index=False)
             ]
             shown = points[:6] + ([f"and {len(points) - 6} more"] if len(points) > 6 else [])
-            text += " Collapsed at " + "; ".join(shown) + "."
+            out.append(text)
+            text = f"{who}collapsed at " + "; ".join(shown) + "."
+            text = text[0].upper() + text[1:]
         out.append(text)
     return out
 
