@@ -120,23 +120,6 @@ def theory_cmd(
     console.print(table)
 
 
-@app.command("validate")
-def validate_cmd(config: ConfigArg) -> None:
-    """Check CONFIG and list its arms without running anything."""
-    from madloop.experiment import parse
-
-    try:
-        _, arms = parse(config)
-    except ConfigError as e:
-        fail(e.problems)
-    for arm in arms:
-        c = arm.config
-        console.print(
-            f"{arm.name}: {c.loop.regime}, {c.model.family} on {c.data.source}, "
-            f"bias {c.sampling.bias}, {c.generations} generations x {c.replicates} replicates"
-        )
-
-
 @app.command("report")
 def report_cmd(
     directory: Annotated[
@@ -184,6 +167,23 @@ def demo_cmd(
         echo=lambda line: err.print(line, highlight=False, markup=False),
     )
     console.print(str(report), highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command("validate")
+def validate_cmd(config: ConfigArg) -> None:
+    """Check CONFIG and list its arms without running anything."""
+    from madloop.experiment import parse
+
+    try:
+        _, arms = parse(config)
+    except ConfigError as e:
+        fail(e.problems)
+    for arm in arms:
+        c = arm.config
+        console.print(
+            f"{arm.name}: {c.loop.regime}, {c.model.family} on {c.data.source}, "
+            f"bias {c.sampling.bias}, {c.generations} generations x {c.replicates} replicates"
+        )
 
 
 def main() -> None:
