@@ -176,6 +176,8 @@ def _section(
 
 
 def _regime_configs() -> dict[str, type[BaseModel]]:
+    import madloop.pool  # noqa: F401  (registers the web-pool regime)
+
     return {name: getattr(cls, "config", LoopConfig) for name, cls in REGIMES.items()}
 
 
@@ -266,6 +268,9 @@ def _loop_problems(loop: LoopConfig, model: ModelConfig | None) -> list[str]:
                 f"need >= {minimum}"
             )
             break
+    own = getattr(regime, "config_problems", None)  # a regime's checks that need [model] too
+    if own is not None:
+        problems.extend(own(model))
     return problems
 
 
@@ -461,6 +466,10 @@ def theory_frame(arms: list[Arm]) -> pd.DataFrame:
     rows = []
     for arm in arms:
         cfg = arm.config
+        own = getattr(REGIMES[cfg.loop.regime], "theory_frame", None)  # e.g. web-pool's lineages
+        if own is not None:
+            rows.append(own(arm))
+            continue
         mean0_factor = _gaussian_truth(cfg)
         if mean0_factor is None:
             continue
@@ -579,6 +588,12 @@ def run(
     ``config`` is a TOML path, a dict or an :class:`ExperimentConfig`.
     """
     base, arms = parse(config, seed=seed, generations=generations, replicates=replicates)
+    engine = next(
+        (r for a in arms if (r := getattr(REGIMES[a.config.loop.regime], "run_experiment", None))),
+        None,
+    )
+    if engine is not None:  # a regime with its own engine (web-pool: lineages sharing a pool)
+        return engine(base, arms, out=out, progress=progress, plots=plots)
     started = time.time()
     out = Path(out) if out is not None else None
     frames, prov, timings, modes = [], [], {}, {}
