@@ -59,6 +59,4 @@ def watermarked_lineages(explicit: Sequence[bool | None], share: float) -> froze
     """Which lineages embed a watermark: a lineage's own ``watermark`` setting wins; the others
     embed it when they are among the first round(share · K) lineages in listed order."""
     first = int(round(share * len(explicit)))
-    return frozenset(
-        k for k, own in enumerate(explicit) if (own if own is not None else k < first)
-    )
+    return frozenset(k for k, own in enumerate(explicit) if (own if own is not None else k < first))

@@ -69,7 +69,7 @@ from madloop.metrics import evaluate
 from madloop.models.base import build_model, load_families
 from madloop.regimes import Regime, register_regime
 from madloop.theory_pool import REAL_SOURCE, Cohort, LineageLaw, apportion, pool_moments
-from madloop.types import REAL, Points, Stats
+from madloop.types import Points, Stats
 
 Share = Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -581,7 +581,9 @@ class PoolLoop:
         if self.cfg.scrape == "proportional":
             kept = np.floor(apportion(n, pi) * q + 0.5).astype(np.int64)
             return cohorts, np.broadcast_to(kept, (R, len(cohorts))).copy()
-        return cohorts, self.detector.thin(rng.multinomial(n, pi, size=R), [c.source for c in cohorts], rng)
+        return cohorts, self.detector.thin(
+            rng.multinomial(n, pi, size=R), [c.source for c in cohorts], rng
+        )
 
     def _groups(self, cohorts: list[Cohort]) -> list[tuple[Any, float, int, int, list[int]]]:
         """Cohorts by the model that made them: (model or None for real, bias, source, origin,
@@ -595,7 +597,9 @@ class PoolLoop:
                 out.append((None, 1.0, source, origin, idx))
             else:
                 lin = self.lineages[source - 1]
-                out.append((self.samplers[(source - 1, origin)], lin.spec.bias, source, origin, idx))
+                out.append(
+                    (self.samplers[(source - 1, origin)], lin.spec.bias, source, origin, idx)
+                )
         return out
 
     def _train(self, lin: Lineage, t: int) -> PoolRecord:
@@ -764,7 +768,9 @@ def pool_frames(
                     {
                         "arm": label,
                         "generation": r.generation,
-                        "source": "real" if source == REAL_SOURCE else f"lineage:{names[source - 1]}",
+                        "source": "real"
+                        if source == REAL_SOURCE
+                        else f"lineage:{names[source - 1]}",
                         "origin_generation": 0 if source == REAL_SOURCE else published - 1,
                         "published": published,
                         "count_mean": float(np.mean(counts)),
@@ -861,7 +867,9 @@ class PoolTheory:
     labels: dict[str, str] = field(default_factory=dict)
 
 
-def pool_theory(arm: Arm, generations: int | None = None, **loop_overrides: Any) -> PoolTheory | None:
+def pool_theory(
+    arm: Arm, generations: int | None = None, **loop_overrides: Any
+) -> PoolTheory | None:
     """The Gaussian theory of a web-pool arm (None where it does not apply: non-Gaussian data or
     lineage, or curation). ``loop_overrides`` replace [loop] fields (e.g. ``adoption``)."""
     cfg = arm.config
@@ -960,7 +968,9 @@ def phase_boundary(
 
     def error(a: float, tpr: float) -> float:
         th = pool_theory(arm, T, adoption=float(a), detector={**detector, "tpr": float(tpr)})
-        assert th is not None, "phase_boundary needs the Gaussian theory (Gaussian data, no curation)"
+        assert th is not None, (
+            "phase_boundary needs the Gaussian theory (Gaussian data, no curation)"
+        )
         return float(th.values[spec.name]["mean_error_sq"][T - 1]) - level
 
     rows = []
