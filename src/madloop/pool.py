@@ -905,6 +905,7 @@ def pool_theory(
         refill=regime.cfg.refill,
         scrape=regime.cfg.scrape,
         min_train=regime.cfg.min_train_size,
+        max_age=regime.cfg.max_age,
     )
     out = PoolTheory()
     for s in specs:

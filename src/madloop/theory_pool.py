@@ -50,7 +50,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy import integrate, optimize, stats
 
 REAL_SOURCE = 0  # cohort source code of real content; lineage k publishes under 1 + k
 
@@ -100,6 +99,8 @@ def apportion(n: int, weights: np.ndarray) -> np.ndarray:
 
 def binomial_law(n: int, q: float) -> tuple[np.ndarray, np.ndarray]:
     """Support and probabilities of Binomial(n, q), cut where the tail is below 1e-16."""
+    from scipy import stats  # imported late: scipy.stats is slow to import
+
     if q >= 1.0:
         return np.array([n]), np.array([1.0])
     if q <= 0.0:
@@ -120,27 +121,29 @@ def pool_moments(
     refill: bool = True,
     scrape: Literal["random", "proportional"] = "random",
     min_train: int = 2,
+    max_age: int | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """E[trace_ratio], E[mean_error_sq] / tr Σ_0 and E[synthetic_share] per lineage and generation.
 
     ``reachable(t, lag)`` lists the cohorts a scrape with that lag sees at generation t (t >= 2;
     generation 1 trains on n real items), ``keep(source)`` the detector's keep probability. See the
-    module docstring for the recursion. Cost O(K^2 G) per generation with G models alive.
+    module docstring for the recursion. Only the models whose content a later scrape can reach are
+    kept (give ``max_age`` to let old ones go): O(K^2 G + K G^2) per generation for G alive.
     """
     K, T = len(lineages), generations
-    size = 1 + K * T
-    M = np.zeros((size, size))
-    B = np.zeros(size)
-    lam = np.zeros(size)
-    B[0], lam[0] = 1.0, 1.0
-    index: dict[tuple[int, int], int] = {}
-    used = 1
+    max_lag = max((lin.lag for lin in lineages), default=0)
+    keys: list[tuple[int, int]] = [(-1, 0)]  # (lineage, generation); (-1, 0) is the real law
+    M = np.zeros((1, 1))
+    B = np.array([1.0])
+    lam = np.array([1.0])
     out = {
         lin.name: {"trace_ratio": [], "mean_error_sq_per_trace": [], "synthetic_share": []}
         for lin in lineages
     }
     for t in range(1, T + 1):
-        W = np.zeros((K, used))
+        pos = {key: i for i, key in enumerate(keys)}
+        A_ = len(keys)
+        W = np.zeros((K, A_))
         self_m, b_new, shares = np.zeros(K), np.zeros(K), np.zeros(K)
         for k, lin in enumerate(lineages):
             n = lin.scrape_size
@@ -153,11 +156,11 @@ def pool_moments(
                 self_m[k] = 1.0 / n
                 b_new[k] = (n - 1) / div(n)
                 continue
-            o = index[(k, t - 1)]
+            o = pos[(k, t - 1)]
             cohorts = list(reachable(t, lin.lag))
             groups = np.array(
                 [
-                    0 if c.source == REAL_SOURCE else index[(c.source - 1, c.published - 1)]
+                    0 if c.source == REAL_SOURCE else pos[(c.source - 1, c.published - 1)]
                     for c in cohorts
                 ]
             )
@@ -185,7 +188,7 @@ def pool_moments(
                 else:
                     W[k, o] += 1.0
                     self_m[k], b_new[k] = M[o, o], B[o]
-                shares[k] = 1.0 - (p[real_pos].sum() if m > 0 else np.nan)
+                shares[k] = 1.0 - p[real_pos].sum() if m > 0 else np.nan
                 continue
             Q = float(pi @ q)
             rho = np.bincount(inv, weights=pi * q, minlength=uniq.size) / Q if Q > 0 else 0 * pi
@@ -205,21 +208,22 @@ def pool_moments(
             b_new[k] = float(po @ ((mo - 1) / div(mo))) * (L + D - A) + p_low * B[o]
             shares[k] = 1.0 - float(rho[real_pos].sum()) if Q > 0 else np.nan
         # the new models' moments with every older one, then with each other
-        cross = W @ M[:used, :used]  # (K, used)
-        new = np.arange(used, used + K)
-        for k, lin in enumerate(lineages):
-            index[(k, t)] = int(new[k])
-            M[new[k], :used] = cross[k]
-            M[:used, new[k]] = cross[k]
-            B[new[k]], lam[new[k]] = b_new[k], lin.bias
-        between = W @ M[:used, :used] @ W.T
-        M[np.ix_(new, new)] = between
-        M[new, new] = self_m
-        used += K
+        cross = W @ M  # (K, A)
+        between = cross @ W.T
+        between[np.diag_indices(K)] = self_m
+        M = np.block([[M, cross.T], [cross, between]])
+        B = np.concatenate([B, b_new])
+        lam = np.concatenate([lam, [lin.bias for lin in lineages]])
+        keys = keys + [(k, t) for k in range(K)]
         for k, lin in enumerate(lineages):
             out[lin.name]["trace_ratio"].append(b_new[k])
             out[lin.name]["mean_error_sq_per_trace"].append(self_m[k])
             out[lin.name]["synthetic_share"].append(shares[k])
+        if max_age is not None:  # forget models no later scrape can reach (nor fall back to)
+            oldest = t + 1 - max_lag - max_age
+            alive = np.array([g < 0 or gen >= min(oldest, t) for g, gen in keys])
+            M, B, lam = M[np.ix_(alive, alive)], B[alive], lam[alive]
+            keys = [key for key, a in zip(keys, alive, strict=True) if a]
     return {name: {m: np.asarray(v) for m, v in d.items()} for name, d in out.items()}
 
 
@@ -285,6 +289,8 @@ def critical_real_fraction(
 
     With ``tolerance`` κ > 1: the ρ* below which the stationary expected mean error exceeds κ times
     the fresh-data level tr Σ_0 / n (≈ 1 - sqrt(1 - 1/κ) for large n and λ = 1)."""
+    from scipy import optimize
+
     tiny = 1e-12
     if tolerance is None:
 
@@ -351,6 +357,8 @@ def curation_contraction(dim: int, keep: int, candidates: int) -> float:
     E[Σ_{i<=k} X_(i)] = N ∫ x f(x) P(Binomial(N - 1, F(x)) <= k - 1) dx."""
     if not 1 <= keep <= candidates:
         raise ValueError(f"need 1 <= keep <= candidates, got keep={keep}, candidates={candidates}")
+    from scipy import integrate, stats
+
     chi = stats.chi2(dim)
 
     def integrand(x: float) -> float:
