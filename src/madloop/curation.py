@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.linalg import solve_triangular
 
 from madloop.types import Points
 
@@ -41,14 +40,21 @@ def register_scorer(scorer: Scorer) -> Scorer:
 
 def gaussian_log_likelihood(mean: np.ndarray, factor: np.ndarray, X: np.ndarray) -> np.ndarray:
     """-1/2 squared Mahalanobis distance of X (R, m, d) under N(mean (R, d), L L^T) (the log
-    density up to a per-replicate constant, which does not change a ranking). A singular factor
-    rates points off its support -inf."""
-    R = X.shape[0]
-    out = np.empty(X.shape[:2])
-    for r in range(R):  # R triangular solves: cheap next to drawing the points
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            z = solve_triangular(factor[r], (X[r] - mean[r]).T, lower=True, check_finite=False)
-            out[r] = -0.5 * np.einsum("im,im->m", z, z)
+    density up to a per-replicate constant, which does not change a ranking). Under a singular
+    factor, points off its support score -inf."""
+    diff = np.swapaxes(X - mean[:, None, :], 1, 2)  # (R, d, m)
+    diag = np.abs(np.diagonal(factor, axis1=1, axis2=2))
+    ok = diag.min(axis=1) > 1e-300 * np.maximum(diag.max(axis=1), 1e-300)
+    out = np.full(X.shape[:2], -np.inf)
+    if ok.any():
+        with np.errstate(over="ignore", invalid="ignore"):
+            z = np.linalg.solve(factor[ok], diff[ok])  # one batched call, no per-chain loop
+            out[ok] = -0.5 * np.einsum("rdm,rdm->rm", z, z)
+    for r in np.flatnonzero(~ok):  # collapsed chains: distance within the support, -inf off it
+        z, *_ = np.linalg.lstsq(factor[r], diff[r], rcond=None)
+        resid = np.linalg.norm(factor[r] @ z - diff[r], axis=0)
+        scale = np.linalg.norm(diff[r], axis=0) + 1e-300
+        out[r] = np.where(resid <= 1e-9 * scale, -0.5 * np.einsum("dm,dm->m", z, z), -np.inf)
     return np.where(np.isfinite(out), out, -np.inf)
 
 

@@ -102,9 +102,10 @@ def _format_errors(prefix: str, err: ValidationError, cls: type[BaseModel]) -> l
         where = f"{prefix}.{loc}" if loc else prefix
         if e["type"] == "extra_forbidden":
             key = str(e["loc"][-1])
+            owner = _owner(cls, e["loc"][:-1])  # a nested table names its own keys
             lines.append(
-                f"{where}: unknown key{_suggest(key, cls.model_fields)} "
-                f"(valid: {', '.join(sorted(cls.model_fields))})"
+                f"{where}: unknown key{_suggest(key, owner.model_fields)} "
+                f"(valid: {', '.join(sorted(owner.model_fields))})"
             )
             continue
         msg = e["msg"].removeprefix("Value error, ")
@@ -116,6 +117,16 @@ def _format_errors(prefix: str, err: ValidationError, cls: type[BaseModel]) -> l
             shown = ""
         lines.append(f"{where}: {msg.lower() if msg[:1].isupper() else msg}{shown}")
     return sorted(set(lines), key=lines.index)
+
+
+def _owner(cls: type[BaseModel], loc: tuple) -> type[BaseModel]:
+    """The model class that holds the field at ``loc`` (for nested tables; else ``cls``)."""
+    for part in loc:
+        field = cls.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            cls = ann
+    return cls
 
 
 def _nest_dotted(table: Mapping[str, Any]) -> dict[str, Any]:

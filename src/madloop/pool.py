@@ -921,8 +921,15 @@ def pool_theory(
 
 def pool_theory_frame(arm: Arm) -> pd.DataFrame:
     th = pool_theory(arm)
-    if th is None:
-        return pd.DataFrame(columns=["arm", "generation", "metric", "theory"])
+    if th is None:  # typed, so concatenating it keeps the other arms' dtypes
+        return pd.DataFrame(
+            {
+                "arm": pd.Series(dtype=object),
+                "generation": pd.Series(dtype=np.int64),
+                "metric": pd.Series(dtype=object),
+                "theory": pd.Series(dtype=float),
+            }
+        )
     rows = []
     for name, metrics in th.values.items():
         for metric, values in metrics.items():
