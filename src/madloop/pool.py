@@ -747,19 +747,13 @@ def pool_frames(
     arm: str, loop: PoolLoop, records: list[list[PoolRecord]]
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Metrics (long table) and provenance rows of a pool arm, one arm name per lineage."""
-    from madloop.loop import GenerationRecord
-
     K = len(loop.lineages)
     names = [lin.spec.name for lin in loop.lineages]
     metrics, prov = [], []
     for k, name in enumerate(names):
         label = lineage_arm(arm, name, K)
         recs = [gen[k] for gen in records]
-        metrics.append(
-            records_to_frame(
-                label, [GenerationRecord(r.generation, r.metrics, {}, r.train_size) for r in recs]
-            )
-        )
+        metrics.append(_long_table(label, recs))
         rows = []
         for r in recs:
             for (source, published), counts in sorted(r.counts.items()):
@@ -780,6 +774,30 @@ def pool_frames(
                 )
         prov.append(pd.DataFrame(rows))
     return pd.concat(metrics, ignore_index=True), pd.concat(prov, ignore_index=True)
+
+
+def _long_table(arm: str, recs: list[PoolRecord]) -> pd.DataFrame:
+    """(arm, generation, replicate, metric, value) in one frame construction (the per-record
+    frames of experiment.records_to_frame cost more than a Gaussian generation)."""
+    gens, reps, names, values = [], [], [], []
+    for r in recs:
+        for metric, v in r.metrics.items():
+            v = np.asarray(v, dtype=float)
+            gens.append(np.full(v.size, r.generation))
+            reps.append(np.arange(v.size))
+            names.append(np.full(v.size, metric, dtype=object))
+            values.append(v)
+    if not values:
+        return records_to_frame(arm, [])
+    return pd.DataFrame(
+        {
+            "arm": arm,
+            "generation": np.concatenate(gens),
+            "replicate": np.concatenate(reps),
+            "metric": np.concatenate(names),
+            "value": np.concatenate(values),
+        }
+    )
 
 
 def write_pool_gallery(loop: PoolLoop, out: Path, arm: str) -> list[Path]:
