@@ -204,6 +204,7 @@ THEORY_CASES = {
     },
     "two-lineages-lag-watermark": {
         "adoption": [0.5, 0.7, 0.8],
+        "max_age": 2,
         "detector": {"tpr": 0.3, "fpr": 0.05, "watermark_share": 0.5},
         "lineages": [
             {"name": "A", "scrape_size": 40},
@@ -388,3 +389,74 @@ def test_example_runs_and_writes_the_run_dir(tmp_path):
 def test_regime_has_no_single_chain_recipe():
     with pytest.raises(TypeError, match="PoolLoop"):
         WebPool().compose(2)
+
+
+# -- any family: a toy one-data-set model wrapped by PerReplicate ----------------------------------
+class ToyDiagonal:
+    """A diagonal Gaussian fitted one data set at a time (scikit-learn style), for the pool's
+    family-agnostic path: snapshots via get_state/set_state, sample-mode mixing of families."""
+
+    def __init__(self) -> None:
+        self.loc_ = None
+        self.scale_ = None
+
+    def fit(self, X, y=None, *, rng):
+        self.loc_, self.scale_ = X.mean(axis=0), X.std(axis=0, ddof=1)
+        return self
+
+    def sample(self, n, *, bias, rng):
+        return self.loc_ + np.sqrt(bias) * self.scale_ * rng.standard_normal((n, self.loc_.size))
+
+    def get_state(self):
+        return {} if self.loc_ is None else {"loc": self.loc_, "scale": self.scale_}
+
+    def set_state(self, state):
+        if state:
+            self.loc_, self.scale_ = np.asarray(state["loc"]), np.asarray(state["scale"])
+
+
+@pytest.fixture
+def toy_family():
+    from typing import Literal
+
+    from madloop.configs import ModelConfig
+    from madloop.models.base import FAMILIES, FamilySpec, PerReplicate, register_family
+
+    class ToyConfig(ModelConfig):
+        family: Literal["toy-diagonal"] = "toy-diagonal"
+
+    def build(config, *, replicates, real):
+        return PerReplicate(ToyDiagonal, replicates)
+
+    register_family(FamilySpec("toy-diagonal", ToyConfig, build))
+    yield "toy-diagonal"
+    FAMILIES.pop("toy-diagonal", None)
+
+
+def test_lineages_of_different_families_share_the_pool(toy_family):
+    loop_cfg = {
+        "scrape_size": 40,
+        "adoption": 0.8,
+        "max_age": 2,
+        "lineages": [
+            {"name": "gauss"},
+            {"name": "toy", "model": {"family": toy_family}, "bias": 0.5},
+        ],
+    }
+    loop = pool_of(config(loop_cfg, replicates=12, generations=5))
+    assert not loop.exact  # a family without sufficient statistics: everything in sample mode
+    published = {}
+    for _ in range(5):
+        loop.step()
+        t = loop.generation
+        toy = loop.lineages[1]
+        published[t] = toy.model.get_state()["r0/scale"].copy()
+        gauss_train, _ = loop.last_train["gauss"]
+        if t >= 2:
+            assert np.any(gauss_train.source == 2)  # the toy's content reached the Gaussian
+    # a snapshot is frozen: later fits of the live model never change what was published
+    for (k, g), sampler in loop.samplers.items():
+        if k == 1:
+            np.testing.assert_array_equal(sampler.get_state()["r0/scale"], published[g])
+    with pytest.raises(ConfigError, match="loop.curation.score"):
+        pool_of(config({**loop_cfg, "curation": {"keep": 0.5}}, replicates=4))
