@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 import time
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -67,7 +68,7 @@ from madloop.experiment import (
 )
 from madloop.metrics import evaluate
 from madloop.models.base import build_model, load_families
-from madloop.regimes import Regime, register_regime
+from madloop.regimes import Composition, Regime, register_regime
 from madloop.theory_pool import REAL_SOURCE, Cohort, LineageLaw, apportion, pool_moments
 from madloop.types import Points, Stats
 
@@ -271,7 +272,7 @@ class WebPool(Regime):
         self.cfg = WebPoolConfig(regime="web-pool", **params)
         super().__init__()
 
-    def compose(self, generation: int):  # noqa: ANN201 - never a Composition
+    def compose(self, generation: int) -> Composition:
         raise TypeError(
             "regime 'web-pool' has no single-chain recipe: its lineages share a pool; it runs on "
             "madloop.pool.PoolLoop (experiment.run does this for you)"
@@ -825,12 +826,13 @@ def run_experiment(
     """:func:`madloop.experiment.run` for configs with web-pool arms (other arms run as usual)."""
     started = time.time()
     out = Path(out) if out is not None else None
+    pools = {arm.name: build_pool(arm) for arm in arms if is_pool(arm)}  # every check first
     frames, prov, timings, modes = [], [], {}, {}
     for arm in arms:
         t0 = time.perf_counter()
         T = arm.config.generations
         if is_pool(arm):
-            loop = build_pool(arm)
+            loop = pools.pop(arm.name)
             modes[arm.name] = "exact" if loop.exact else "sample"
             records = []
             for recs in loop.run(T):
@@ -866,7 +868,7 @@ def run_experiment(
         "modes": modes,
         "versions": _versions(),
         "git_commit": _git_commit(),
-        "command": " ".join(__import__("sys").argv),
+        "command": " ".join(sys.argv),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "timings_s": {"arms": timings, "total": round(time.time() - started, 4)},
     }
@@ -1025,15 +1027,3 @@ def phase_boundary(
             }
         )
     return pd.DataFrame(rows)
-
-
-def arm_names(arms: list[Arm]) -> Mapping[str, list[str]]:
-    """The metric arm labels each configured arm produces."""
-    out = {}
-    for arm in arms:
-        if is_pool(arm):
-            lins = WebPool(**arm.config.loop.model_dump()).lineage_configs()
-            out[arm.name] = [lineage_arm(arm.name, lin.name, len(lins)) for lin in lins]
-        else:
-            out[arm.name] = [arm.name]
-    return out
