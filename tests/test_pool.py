@@ -234,10 +234,7 @@ THEORY_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(THEORY_CASES))
-def test_gaussian_theory_matches_simulation(case):
-    loop = {"scrape_size": 30, **THEORY_CASES[case]}
-    result = run(config(loop, replicates=4000, generations=6, seed=3), plots=False)
+def assert_theory_matches(result) -> None:
     s = result.summary
     s = s[s.metric.isin(["mean_error_sq", "trace_ratio", "synthetic_share"])]
     assert s["theory"].notna().all()
@@ -247,6 +244,26 @@ def test_gaussian_theory_matches_simulation(case):
     assert z.max() < 4.5, checked.assign(z=z).sort_values("z").tail(3).to_string()
     const = s[s.std_error <= 1e-9]  # e.g. generation 1's share, or proportional counts
     np.testing.assert_allclose(const["mean"], const["theory"], atol=1e-12)
+
+
+@pytest.mark.parametrize("case", sorted(THEORY_CASES))
+def test_gaussian_theory_matches_simulation(case):
+    loop = {"scrape_size": 30, **THEORY_CASES[case]}
+    assert_theory_matches(run(config(loop, replicates=4000, generations=6, seed=3), plots=False))
+
+
+def test_gaussian_theory_matches_sample_mode():
+    """The points path (cohort draws, row assembly, per-replicate shuffles) has the same law."""
+    loop = {"scrape_size": 30, **THEORY_CASES["two-lineages-lag-watermark"]}
+    cfg = config(loop, model={"mode": "sample"}, replicates=3000, generations=5, seed=4)
+    assert_theory_matches(run(cfg, plots=False))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["keep-all", "two-lineages-lag-watermark", "no-refill-starving"])
+def test_gaussian_theory_matches_simulation_long(case):
+    loop = {"scrape_size": 30, **THEORY_CASES[case]}
+    assert_theory_matches(run(config(loop, replicates=6000, generations=25, seed=8), plots=False))
 
 
 def test_lineages_contaminate_each_other():
