@@ -342,7 +342,10 @@ BAD = [
     ({"lineages": [{"name": "A", "bias": 1.5}]}, "loop.lineages[A].bias"),
     ({"lineages": [{"name": "A", "model": {"family": "nope"}}]}, "loop.lineages[A].model.family"),
     ({"lineages": [{"name": "A", "model": {"mode": "fast"}}]}, "loop.lineages[A].model.mode"),
-    ({"adoption": {"kind": "linear", "end": 2.0}}, "loop.adoption"),
+    ({"adoption": {"kind": "linear", "end": 2.0}}, "loop.adoption: end: input should be less"),
+    ({"adoption": {"kind": "sigmoid"}}, "loop.adoption: kind must be one of"),
+    ({"adoption": [0.2, 1.5]}, "loop.adoption: a share of generated content must be"),
+    ({"lineages": [{"name": "A", "lagg": 1}]}, "did you mean 'lag'?"),
     ({"curation": {"score": "vibes"}}, "loop.curation.score"),
     ({"lineages": [{"name": "a:b"}]}, "loop.lineages"),
 ]

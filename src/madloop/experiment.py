@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import typing
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -124,8 +125,10 @@ def _owner(cls: type[BaseModel], loc: tuple) -> type[BaseModel]:
     for part in loc:
         field = cls.model_fields.get(str(part))
         ann = getattr(field, "annotation", None)
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            cls = ann
+        for option in (ann, *typing.get_args(ann)):  # X, list[X], X | None
+            if isinstance(option, type) and issubclass(option, BaseModel):
+                cls = option
+                break
     return cls
 
 

@@ -34,7 +34,7 @@ import re
 import sys
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -174,12 +174,43 @@ class WebPoolConfig(LoopConfig):
     curation: CurationConfig = CurationConfig()
     lineages: list[LineageConfig] = Field(default_factory=list)
 
-    @field_validator("adoption")
+    @field_validator("adoption", mode="wrap")
     @classmethod
-    def _nonempty(cls, v: AdoptionSpec) -> AdoptionSpec:
+    def _adoption(cls, v: Any, handler: Any) -> AdoptionSpec:
+        """One clear message per mistake (a plain union would report every member's)."""
+        kinds = {
+            "constant": ConstantAdoption,
+            "linear": LinearAdoption,
+            "logistic": LogisticAdoption,
+        }
+        if isinstance(v, Mapping):
+            table = kinds.get(v.get("kind"))
+            if table is None:
+                raise ValueError(
+                    f"adoption: kind must be one of {', '.join(kinds)}, got {v.get('kind')!r} "
+                    "(or give a share in [0, 1], or a list of shares per generation)"
+                )
+            try:
+                return table.model_validate(v)
+            except ValidationError as err:
+                lines = []
+                for e in err.errors():
+                    key = ".".join(str(p) for p in e["loc"])
+                    if e["type"] == "extra_forbidden":
+                        valid = ", ".join(sorted(table.model_fields))
+                        lines.append(f"unknown key {key!r} (valid: {valid})")
+                    else:
+                        lines.append(f"{key}: {e['msg'].lower()}, got {e.get('input')!r}")
+                raise ValueError(f"adoption: {'; '.join(lines)}") from None
+        values = v if isinstance(v, list) else [v]
         if isinstance(v, list) and not v:
-            raise ValueError("must not be an empty list")
-        return v
+            raise ValueError("adoption: must not be an empty list")
+        for x in values:
+            if isinstance(x, bool) or not isinstance(x, int | float) or not 0.0 <= x <= 1.0:
+                raise ValueError(
+                    f"adoption: a share of generated content must be a number in [0, 1], got {x!r}"
+                )
+        return handler(v)
 
     @model_validator(mode="after")
     def _checks(self) -> WebPoolConfig:
