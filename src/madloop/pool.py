@@ -548,6 +548,13 @@ class PoolLoop:
         self.detector = regime.detector()
         self.curate = self.cfg.curation.keep < 1.0
         self.exact = exact and not self.curate and self.exact_supported(lineages, real)
+        if not self.cfg.refill and not self.exact:
+            raise ConfigError(
+                [
+                    "loop.refill: false needs exact mode, which these lineages cannot run "
+                    "(every family needs fit_stats and moments); set loop.refill = true"
+                ]
+            )
         self.scorer = SCORERS[self.cfg.curation.score] if self.curate else None
         if self.scorer is not None:
             for lin in lineages:
