@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import typing
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -103,9 +104,10 @@ def _format_errors(prefix: str, err: ValidationError, cls: type[BaseModel]) -> l
         where = f"{prefix}.{loc}" if loc else prefix
         if e["type"] == "extra_forbidden":
             key = str(e["loc"][-1])
+            owner = _owner(cls, e["loc"][:-1])  # a nested table names its own keys
             lines.append(
-                f"{where}: unknown key{_suggest(key, cls.model_fields)} "
-                f"(valid: {', '.join(sorted(cls.model_fields))})"
+                f"{where}: unknown key{_suggest(key, owner.model_fields)} "
+                f"(valid: {', '.join(sorted(owner.model_fields))})"
             )
             continue
         msg = e["msg"].removeprefix("Value error, ")
@@ -117,6 +119,18 @@ def _format_errors(prefix: str, err: ValidationError, cls: type[BaseModel]) -> l
             shown = ""
         lines.append(f"{where}: {msg.lower() if msg[:1].isupper() else msg}{shown}")
     return sorted(set(lines), key=lines.index)
+
+
+def _owner(cls: type[BaseModel], loc: tuple) -> type[BaseModel]:
+    """The model class that holds the field at ``loc`` (for nested tables; else ``cls``)."""
+    for part in loc:
+        field = cls.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        for option in (ann, *typing.get_args(ann)):  # X, list[X], X | None
+            if isinstance(option, type) and issubclass(option, BaseModel):
+                cls = option
+                break
+    return cls
 
 
 def _nest_dotted(table: Mapping[str, Any]) -> dict[str, Any]:
@@ -177,6 +191,8 @@ def _section(
 
 
 def _regime_configs() -> dict[str, type[BaseModel]]:
+    import madloop.pool  # noqa: F401  (registers the web-pool regime)
+
     return {name: getattr(cls, "config", LoopConfig) for name, cls in REGIMES.items()}
 
 
@@ -273,6 +289,9 @@ def _loop_problems(loop: LoopConfig, model: ModelConfig | None) -> list[str]:
                 f"need >= {minimum}"
             )
             break
+    own = getattr(regime, "config_problems", None)  # a regime's checks that need [model] too
+    if own is not None:
+        problems.extend(own(model))
     return problems
 
 
@@ -472,6 +491,10 @@ def theory_frame(arms: list[Arm]) -> pd.DataFrame:
     rows = []
     for arm in arms:
         cfg = arm.config
+        own = getattr(REGIMES[cfg.loop.regime], "theory_frame", None)  # e.g. web-pool's lineages
+        if own is not None:
+            rows.append(own(arm))
+            continue
         mean0_factor = _gaussian_truth(cfg)
         if mean0_factor is None:
             continue
@@ -590,6 +613,12 @@ def run(
     ``config`` is a TOML path, a dict or an :class:`ExperimentConfig`.
     """
     base, arms = parse(config, seed=seed, generations=generations, replicates=replicates)
+    engine = next(
+        (r for a in arms if (r := getattr(REGIMES[a.config.loop.regime], "run_experiment", None))),
+        None,
+    )
+    if engine is not None:  # a regime with its own engine (web-pool: lineages sharing a pool)
+        return engine(base, arms, out=out, progress=progress, plots=plots)
     started = time.time()
     out = Path(out) if out is not None else None
     frames, prov, timings, modes = [], [], {}, {}
