@@ -94,7 +94,10 @@ class SerialExecutor:
 
 
 def _limit_threads(n: int) -> None:
-    """Worker initializer: ``workers`` processes x all-core BLAS would oversubscribe the CPUs."""
+    """Worker initializer: one BLAS/OpenMP thread per worker, as Ray gives a one-CPU task.
+
+    Parallelism comes from the workers; ``workers`` processes x all-core BLAS would oversubscribe
+    the CPUs, and spinning BLAS threads are slow on a busy machine."""
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(n)  # for libraries loaded later (torch reads it at import)
     try:
@@ -122,12 +125,11 @@ class LocalExecutor:
             return
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["madloop.sweep"])
-        threads = max(1, (os.cpu_count() or 1) // self.workers)
         pool = ProcessPoolExecutor(
             max_workers=min(self.workers, len(tasks)),
             mp_context=ctx,
             initializer=_limit_threads,
-            initargs=(threads,),
+            initargs=(1,),
         )
         futures: dict[Future, str] = {}
         try:
