@@ -276,7 +276,7 @@ def sweep_cmd(
                 progress=progress,
                 on_start=on_start,
             )
-        except ImportError as e:
+        except (ImportError, ConnectionError) as e:  # no Ray, or no cluster at --address
             fail([str(e)])
     if result.manifest["stale_tasks"]:
         err.print(

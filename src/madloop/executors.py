@@ -188,7 +188,13 @@ class RayExecutor:
             import logging
 
             if self.address:
-                ray.init(address=self.address, logging_level=logging.WARNING)
+                try:
+                    ray.init(address=self.address, logging_level=logging.WARNING)
+                except ConnectionError as exc:
+                    raise ConnectionError(
+                        f"--address {self.address}: no Ray cluster answered ({exc}); start one "
+                        "with `ray start --head` and pass the address it prints"
+                    ) from None
             else:
                 ray.init(
                     num_cpus=self.workers or os.cpu_count() or 1,
