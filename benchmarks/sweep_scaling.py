@@ -11,9 +11,12 @@ and prints tasks/second, the speed-up of 2 workers over 1 and the per-task overh
 executor: (workers x wall - bare total) / tasks, the CPU-seconds per task spent on anything but
 the task. Because other jobs on a shared machine slow the tasks themselves too, it also prints the
 executor's own cost, (workers x wall - the tasks' in-worker seconds) / tasks, and the busy
-fraction, in-worker seconds / (workers x wall). Each measurement is repeated (``--repeats``); on
-a machine shared with other jobs the fastest run is the best estimate of the uncontended time, so
-rates, speed-ups and overheads use the fastest run, and the median is printed next to it.
+fraction, in-worker seconds / (workers x wall), and *cores*, the tasks' CPU seconds / wall: how
+much CPU the machine actually gave the workers (Linux's autogroup scheduler shares the CPUs
+between sessions, so on a busy machine a second worker may get no extra CPU). Each measurement
+is repeated (``--repeats``); on a machine shared with other jobs the fastest run is the best
+estimate of the uncontended time, so rates, speed-ups and overheads use the fastest run, and the
+median is printed next to it.
 
     python benchmarks/sweep_scaling.py [--tasks 8] [--repeats 3] [--generations 150]
 """
@@ -45,13 +48,20 @@ def config(tasks: int, generations: int) -> dict:
     }
 
 
-def timed_map(executor, tasks) -> tuple[float, float]:
-    """(wall seconds, the sum of the seconds the tasks ran inside the workers)."""
+def cpu_timed(task) -> float:
+    """Run a task; return the CPU seconds it used (its wall time is in the TaskResult)."""
+    c0 = time.process_time()
+    run_task(task)
+    return time.process_time() - c0
+
+
+def timed_map(executor, tasks) -> tuple[float, float, float]:
+    """(wall seconds, the tasks' in-worker wall seconds, the tasks' CPU seconds)."""
     t0 = time.perf_counter()
-    results = list(executor.map(run_task, tasks))
+    results = list(executor.map(cpu_timed, tasks))
     wall = time.perf_counter() - t0
     assert all(r.ok for r in results), [r.error for r in results if not r.ok]
-    return wall, sum(r.seconds for r in results)
+    return wall, sum(r.seconds for r in results), sum(r.value for r in results)
 
 
 def main() -> None:
@@ -92,12 +102,12 @@ def main() -> None:
 
     print(
         f"\n{'executor':<24}{'workers':>8}{'best s':>8}{'median s':>10}{'tasks/s':>9}"
-        f"{'speed-up':>10}{'overhead/task':>15}{'own cost/task':>15}{'busy':>7}  runs"
+        f"{'speed-up':>10}{'overhead/task':>15}{'own cost/task':>15}{'busy':>7}{'cores':>7}  runs"
     )
     one: dict[str, float] = {}
     for name, workers, runs in rows:
-        wall, inside = min(runs)
-        walls = [w for w, _ in runs]
+        wall, inside, cpu = min(runs)
+        walls = [w for w, _, _ in runs]
         key = name.split()[0]
         if workers == 1:
             one[key] = wall
@@ -107,7 +117,7 @@ def main() -> None:
         print(
             f"{name:<24}{workers:>8}{wall:>8.2f}{statistics.median(walls):>10.2f}"
             f"{n / wall:>9.2f}{speedup:>9.2f}x{overhead:>14.3f}s{own:>14.3f}s"
-            f"{inside / (workers * wall):>7.0%}  {_fmt(walls)}"
+            f"{inside / (workers * wall):>7.0%}{cpu / wall:>7.2f}  {_fmt(walls)}"
         )
 
 
