@@ -106,8 +106,13 @@ def label_index(
 
 
 # -- checkpoints: named numpy arrays only --------------------------------------------------------
+def _array(t: torch.Tensor) -> np.ndarray:
+    # a copy: on the CPU .numpy() shares memory, and training would rewrite a saved state
+    return t.detach().cpu().numpy().copy()
+
+
 def module_arrays(prefix: str, module: nn.Module) -> dict[str, np.ndarray]:
-    return {f"{prefix}/{k}": v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+    return {f"{prefix}/{k}": _array(v) for k, v in module.state_dict().items()}
 
 
 def load_module_arrays(prefix: str, module: nn.Module, state: dict[str, np.ndarray]) -> None:
@@ -124,7 +129,7 @@ def optimizer_arrays(prefix: str, opt: torch.optim.Optimizer) -> dict[str, np.nd
     out = {}
     for idx, slots in opt.state_dict()["state"].items():
         for name, value in slots.items():
-            out[f"{prefix}/{idx}/{name}"] = torch.as_tensor(value).detach().cpu().numpy()
+            out[f"{prefix}/{idx}/{name}"] = _array(torch.as_tensor(value))
     return out
 
 
@@ -136,12 +141,12 @@ def load_optimizer_arrays(
     for key, value in state.items():
         if key.startswith(prefix + "/"):
             idx, name = key[len(prefix) + 1 :].split("/")
-            slots.setdefault(int(idx), {})[name] = torch.as_tensor(value)
+            slots.setdefault(int(idx), {})[name] = torch.tensor(value)  # a copy, as above
     if not slots:
         return
     # Adam keeps `step` on the CPU and the moments beside their parameter.
     params = [p for group in opt.param_groups for p in group["params"]]
     for idx, s in slots.items():
         for name, v in s.items():
-            s[name] = v.clone() if name == "step" else v.to(params[idx].device)
+            s[name] = v if name == "step" else v.to(params[idx].device)
     opt.load_state_dict({"state": slots, "param_groups": sd["param_groups"]})
