@@ -239,6 +239,10 @@ def test_config_errors_name_the_field(family):
     with pytest.raises(ConfigError) as err:
         validate({**base, "model": {"family": family, "batch_size": 0}})
     assert any("model.batch_size" in p for p in err.value.problems)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError) as err:
+            validate({**base, "model": {"family": family, "device": "cuda"}})
+        assert any(p.startswith("model.device") and "'cpu'" in p for p in err.value.problems)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -249,7 +253,7 @@ def test_end_to_end_run_on_gaussian_data(family, tmp_path):
         "generations": 2,
         "replicates": 2,
         "data": {"source": "gaussian", "dim": 2, "mean": 5.0},
-        "model": {"family": family, **TINY[family]},
+        "model": {"family": family, **TINY[family], "steps": 60},
         "sampling": {"bias": 0.9},
         "loop": {"regime": "fully-synthetic", "real_size": 0, "synthetic_size": 400},
     }

@@ -24,12 +24,13 @@ from typing import Literal, Self
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
 from madloop.configs import ModelConfig
 from madloop.models.base import FamilySpec, PerReplicate, check_is_fitted, register_family
 from madloop.models.torchkit import (
+    check_device,
     class_shares,
     label_classes,
     label_index,
@@ -58,6 +59,8 @@ class FlowConfig(ModelConfig):
     conditional: bool = True  # use class labels when the data has them
     warm_start: bool = False  # continue from generation t-1's weights and optimizer state
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    _device = field_validator("device")(check_device)
 
 
 # -- the network ----------------------------------------------------------------------------------

@@ -26,12 +26,13 @@ from typing import Literal, Self
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
 from madloop.configs import ModelConfig
 from madloop.models.base import FamilySpec, PerReplicate, check_is_fitted, register_family
 from madloop.models.torchkit import (
+    check_device,
     class_shares,
     label_classes,
     label_index,
@@ -61,6 +62,8 @@ class GANConfig(ModelConfig):
     conditional: bool = True  # use class labels when the data has them
     warm_start: bool = False  # continue from generation t-1's weights and optimizer states
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    _device = field_validator("device")(check_device)
 
     def bias_problem(self, bias: float) -> str | None:
         if not 0.0 < bias <= 1.0:

@@ -27,6 +27,13 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def check_device(device: str) -> str:
+    """A config validator: naming CUDA on a machine without it is a config error, not a crash."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("'cuda' is not available on this machine; use 'auto' or 'cpu'")
+    return device
+
+
 def torch_generator(rng: np.random.Generator, device: torch.device) -> torch.Generator:
     """A torch generator on ``device`` seeded from ``rng`` (one draw from it)."""
     return torch.Generator(device=device).manual_seed(int(rng.integers(2**63)))
