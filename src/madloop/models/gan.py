@@ -190,10 +190,12 @@ class GANModel:
                 loss_c.backward()
                 self.opt_c_.step()
             _, c, z = batch()
+            C.requires_grad_(False)  # the generator step needs ∂C/∂x only, not the critic's grads
             loss_g = -C(G(z, c), c).mean()  # the same generator loss for both critics
             self.opt_g_.zero_grad(set_to_none=True)
             loss_g.backward()
             self.opt_g_.step()
+            C.requires_grad_(True)
         return self
 
     def _critic_loss(
