@@ -120,6 +120,55 @@ def theory_cmd(
     console.print(table)
 
 
+@app.command("report")
+def report_cmd(
+    directory: Annotated[
+        Path,
+        typer.Argument(help="A run or sweep directory, or a folder of them.", show_default=False),
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="HTML file [default: DIR/report.html].")
+    ] = None,
+    figures: Annotated[
+        Path | None, typer.Option(help="Also write every figure as a PNG into this folder.")
+    ] = None,
+    k: Annotated[
+        float | None,
+        typer.Option("--k", help="Flag departures from theory beyond k standard errors."),
+    ] = None,
+) -> None:
+    """Write one self-contained HTML page (figures inline, no network) for DIRECTORY."""
+    from madloop.report.html import ReportError, build_report
+
+    try:
+        path = build_report(directory, out, figures=figures, cutoff=k)
+    except ReportError as e:
+        fail([str(e)])
+    console.print(f"wrote {path}")
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Demo folder.")] = Path("runs/demo"),
+    quick: Annotated[bool, typer.Option(help="Tiny sizes (for tests): seconds, not minutes.")] = (
+        False
+    ),
+    image_generations: Annotated[
+        int, typer.Option(min=1, help="Generations of the image loop (when it runs).")
+    ] = 4,
+) -> None:
+    """Run the flagship study (each part whose modules exist) and write OUT/report.html."""
+    from madloop.demo import run_demo
+
+    report = run_demo(
+        out,
+        quick=quick,
+        image_generations=image_generations,
+        echo=lambda line: err.print(line, highlight=False, markup=False),
+    )
+    console.print(str(report), highlight=False, markup=False, soft_wrap=True)
+
+
 @app.command("validate")
 def validate_cmd(config: ConfigArg) -> None:
     """Check CONFIG and list its arms without running anything."""
