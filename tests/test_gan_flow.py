@@ -260,6 +260,9 @@ def test_config_errors_name_the_field(family):
     with pytest.raises(ConfigError) as err:
         validate({**base, "model": {"family": family, "batch_size": 0}})
     assert any("model.batch_size" in p for p in err.value.problems)
+    with pytest.raises(ConfigError) as err:
+        validate({**base, "model": {"family": family, "hidden": [16, 0]}})
+    assert any(p.startswith("model.hidden") for p in err.value.problems)
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError) as err:
             validate({**base, "model": {"family": family, "device": "cuda"}})
@@ -330,3 +333,21 @@ def test_loop_resumes_from_a_checkpoint_exactly_with_warm_start(family):
     list(resumed.run(2))
     a, b = straight.gallery(200).global_X(), resumed.gallery(200).global_X()
     assert np.array_equal(a, b)
+
+
+def test_cli_runs_a_neural_family(tmp_path):
+    """`madloop run` with a neural family on Gaussian data: exit 0 and a run directory, also where
+    no metric suite applies to the pair and the summary table is empty."""
+    from typer.testing import CliRunner
+
+    from madloop.cli import app
+
+    toml = tmp_path / "tiny.toml"
+    toml.write_text(
+        'generations = 1\n[data]\nsource = "gaussian"\ndim = 2\n'
+        '[model]\nfamily = "flow"\nsteps = 10\ndevice = "cpu"\n[loop]\nsynthetic_size = 50\n'
+    )
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["run", str(toml), "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert (out / "manifest.json").exists() and (out / "provenance.csv").exists()

@@ -20,7 +20,7 @@ also sees the one-hot class, and samples come with labels drawn from the trainin
 from __future__ import annotations
 
 import math
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
 import numpy as np
 import torch
@@ -53,7 +53,9 @@ class FlowConfig(ModelConfig):
     batch_size: int = Field(256, ge=1, le=1_000_000)
     learning_rate: float = Field(1e-3, gt=0.0, le=1.0)
     coupling_layers: int = Field(8, ge=2, le=256)  # even: each half is transformed equally often
-    hidden: list[int] = Field(default_factory=lambda: [64, 64], min_length=1)
+    hidden: list[Annotated[int, Field(ge=1, le=65536)]] = Field(
+        default_factory=lambda: [64, 64], min_length=1
+    )
     max_log_scale: float = Field(2.0, gt=0.0, le=10.0)  # soft bound on each layer's log-scale
     grad_clip: float = Field(10.0, gt=0.0)
     conditional: bool = True  # use class labels when the data has them

@@ -22,7 +22,7 @@ shares.
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
 import numpy as np
 import torch
@@ -57,7 +57,9 @@ class GANConfig(ModelConfig):
     batch_size: int = Field(256, ge=1, le=1_000_000)
     learning_rate: float = Field(1e-3, gt=0.0, le=1.0)
     latent_dim: int = Field(8, ge=1, le=4096)
-    hidden: list[int] = Field(default_factory=lambda: [128, 128], min_length=1)
+    hidden: list[Annotated[int, Field(ge=1, le=65536)]] = Field(
+        default_factory=lambda: [128, 128], min_length=1
+    )
     gp_weight: float = Field(1.0, ge=0.0)  # WGAN-GP's λ; unit-scale data needs less than 10
     conditional: bool = True  # use class labels when the data has them
     warm_start: bool = False  # continue from generation t-1's weights and optimizer states
