@@ -78,7 +78,8 @@ def run_cmd(
         except ConfigError as e:
             fail(e.problems)
     last = result.summary[result.summary["generation"] == result.summary["generation"].max()]
-    table = Table(title=f"{base.name}: generation {int(last['generation'].max())}", box=None)
+    title = f"generation {int(last['generation'].max())}" if len(last) else "no metric applies"
+    table = Table(title=f"{base.name}: {title}", box=None)
     for col in ("arm", "metric", "mean", "std_error", "theory"):
         table.add_column(col, justify="left" if col in ("arm", "metric") else "right")
     for row in last.itertuples():
