@@ -321,7 +321,13 @@ def resolve_arms(config: ExperimentConfig | Mapping[str, Any]) -> list[Arm]:
             if key in overrides.get(section, {}) and overrides[section][key] != base_raw.get(
                 section, {}
             ).get(key):
-                merged[section] = overrides[section]
+                merged[section] = dict(overrides[section])
+                if section == "loop":  # sizes are common to every regime: keep those it knows
+                    known = _regime_configs().get(overrides[section][key], LoopConfig).model_fields
+                    if not getattr(REGIMES.get(overrides[section][key]), "uses_real_size", 1):
+                        known = {k: f for k, f in known.items() if k != "real_size"}
+                    kept = {k: v for k, v in base_raw.get("loop", {}).items() if k in known}
+                    merged[section] = {**kept, **overrides[section]}
         try:
             arms.append(Arm(name, validate(merged, arm=name)))
         except ConfigError as err:
