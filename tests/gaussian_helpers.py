@@ -61,3 +61,15 @@ def assert_mean_matches(values: np.ndarray, expected: float, *, k: float = 4.0, 
         f"{what}: mean {values.mean():.6g} vs theory {expected:.6g} "
         f"({err / se:.2f} standard errors, se={se:.3g})"
     )
+
+
+def assert_var_matches(values: np.ndarray, expected: float, *, k: float = 4.0, what: str = ""):
+    """The sample variance lies within k standard errors of ``expected``; the standard error of a
+    sample variance is sqrt((m4 - s^4) / R), with m4 the fourth central moment."""
+    x = np.asarray(values, dtype=float)
+    s2 = x.var(ddof=1)
+    m4 = np.mean((x - x.mean()) ** 4)
+    se = np.sqrt(max(m4 - s2**2, 0.0) / x.size)
+    assert abs(s2 - expected) <= k * se, (
+        f"{what}: variance {s2:.6g} vs theory {expected:.6g} (se {se:.3g})"
+    )
