@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -28,8 +29,23 @@ console = Console()
 
 def fail(problems: list[str], code: int = 2) -> None:
     for line in problems:
-        err.print(f"[red]error[/red]: {line}", markup=True, highlight=False, soft_wrap=True)
+        err.print(f"[red]error[/red]: {escape(line)}", markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def note_exact_fallback(arms: list) -> None:
+    """Say which arms ask for ``exact`` but run in ``sample`` (their regime has no exact law)."""
+    from madloop.regimes import REGIMES
+
+    for arm in arms:
+        c = arm.config
+        if getattr(c.model, "mode", None) == "exact" and not REGIMES[c.loop.regime].exact:
+            err.print(
+                f"note: arm {escape(arm.name)}: regime '{c.loop.regime}' has no exact simulation "
+                "(a subsample is not a function of sufficient statistics); it runs in sample mode",
+                highlight=False,
+                soft_wrap=True,
+            )
 
 
 ConfigArg = Annotated[Path, typer.Argument(help="Experiment config (TOML).", show_default=False)]
@@ -52,6 +68,7 @@ def run_cmd(
     except ConfigError as e:
         fail(e.problems)
     out = out or Path("runs") / base.name
+    note_exact_fallback(arms)
     total = sum(a.config.generations for a in arms)
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -129,6 +146,7 @@ def validate_cmd(config: ConfigArg) -> None:
         _, arms = parse(config)
     except ConfigError as e:
         fail(e.problems)
+    note_exact_fallback(arms)
     for arm in arms:
         c = arm.config
         console.print(
