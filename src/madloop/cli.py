@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -126,6 +127,10 @@ def theory_cmd(
         return
     wide = frame.pivot_table(index=["arm", "generation"], columns="metric", values="theory")
     wide = wide.reset_index()
+    order = {a.name: i for i, a in enumerate(arms)}  # arms in config order, not alphabetical
+    wide = wide.sort_values(
+        ["arm", "generation"], key=lambda c: c.map(order) if c.name == "arm" else c
+    )
     T = int(wide["generation"].max())
     step = every or max(1, T // 10)
     keep = (wide["generation"] % step == 0) | (wide["generation"] == 1) | (wide["generation"] == T)
@@ -133,7 +138,9 @@ def theory_cmd(
     for col in wide.columns:
         table.add_column(str(col), justify="right")
     for row in wide[keep].itertuples(index=False):
-        table.add_row(*(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row))
+        table.add_row(
+            *(("-" if np.isnan(v) else f"{v:.6g}") if isinstance(v, float) else str(v) for v in row)
+        )
     console.print(table)
 
 

@@ -389,7 +389,9 @@ def resolve_arms(config: ExperimentConfig | Mapping[str, Any]) -> list[Arm]:
         try:
             arms.append(Arm(name, validate(merged, arm=name)))
         except ConfigError as err:
-            problems.extend(err.problems)
+            # a problem the arm inherits from the base is reported once, for the base
+            prefix = f"arms[{name}]."
+            problems.extend(p for p in err.problems if p.removeprefix(prefix) not in problems)
     if problems:
         raise ConfigError(problems)
     if not arms:
