@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from madloop.linalg import log_det
+from madloop.linalg import log_det, solve_lower
 from madloop.metrics.base import MetricSuite, register_suite
 
 GAUSSIAN_METRICS = (
@@ -53,7 +53,7 @@ def gaussian_metrics(
             [np.broadcast_to(factor0, (ok.sum(), d, d)), diff[ok][:, :, None]], axis=2
         )
         with np.errstate(over="ignore", invalid="ignore"):
-            sol = np.linalg.solve(factor[ok], rhs)  # L_t^{-1} [L_0 | μ_t - μ_0]
+            sol = solve_lower(factor[ok], rhs)  # L_t^{-1} [L_0 | μ_t - μ_0]
             trace_term = np.einsum("rij,rij->r", sol[:, :, :d], sol[:, :, :d])
             maha = np.einsum("ri,ri->r", sol[:, :, d], sol[:, :, d])
             kl[ok] = 0.5 * (trace_term + maha - d + ld[ok] - ld0)

@@ -109,13 +109,14 @@ class GaussianFamily:
         return self._set(mean, factor, np.full(points.replicates, points.size))
 
     def sample_points(self, n: int, *, bias: float, rng: np.random.Generator) -> Points:
-        """Draws as whitened deviations in this model's frame: x = μ + L (sqrt(bias) z)."""
+        """Draws as whitened deviations in the frame of N(μ, bias Σ): x = μ + (sqrt(bias) L) z.
+
+        The bias goes into the frame's factor, not into the points: no pass over the draws."""
         check_is_fitted(self, "cov_factor_")
         R, d = self.mean_.shape
-        local = np.sqrt(bias) * rng.standard_normal((R, n, d))
-        return Points.tagged(
-            local, source=SYNTHETIC, origin=-1, frame=Frame(self.mean_, self.cov_factor_)
-        )
+        local = rng.standard_normal((R, n, d))
+        factor = self.cov_factor_ if bias == 1.0 else np.sqrt(bias) * self.cov_factor_
+        return Points.tagged(local, source=SYNTHETIC, origin=-1, frame=Frame(self.mean_, factor))
 
     def fit_stats(self, stats: Stats) -> Self:
         return self._set(stats.mean, stats.factor, stats.count)
