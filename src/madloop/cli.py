@@ -101,7 +101,11 @@ def run_cmd(
         table.add_column(col, justify="left" if col in ("arm", "metric") else "right")
     for row in last.itertuples():
         table.add_row(
-            row.arm, row.metric, f"{row.mean:.4g}", f"{row.std_error:.2g}", f"{row.theory:.4g}"
+            row.arm,
+            row.metric,
+            f"{row.mean:.4g}",
+            f"{row.std_error:.2g}",
+            "-" if np.isnan(row.theory) else f"{row.theory:.4g}",
         )
     if not quiet:
         console.print(table)
