@@ -141,8 +141,11 @@ class GaussianFamily:
     def _set(self, mean: np.ndarray, scatter_factor: np.ndarray, count: np.ndarray) -> Self:
         count = np.asarray(count, dtype=float)
         divisor = count - 1.0 if self.covariance_estimator == "unbiased" else count
-        with np.errstate(divide="ignore", invalid="ignore"):
-            scale = np.where(divisor > 0, 1.0 / np.sqrt(np.maximum(divisor, 1e-300)), np.nan)
+        if np.all(divisor > 0):
+            scale = 1.0 / np.sqrt(divisor)
+        else:  # a fit on < 2 points (unbiased) has no covariance: NaN, not a crash
+            with np.errstate(divide="ignore", invalid="ignore"):
+                scale = np.where(divisor > 0, 1.0 / np.sqrt(np.maximum(divisor, 1e-300)), np.nan)
         self.mean_ = mean
         self.cov_factor_ = scatter_factor * scale[:, None, None]
         self.n_samples_ = count
