@@ -147,6 +147,16 @@ CASES = [
         "not valid TOML: Invalid value (at line 8, column 7)",
     ),
     (
+        "missing-source",
+        BASE.replace('source = "gaussian"\n', ""),
+        "data.source: required (one of: gaussian",
+    ),
+    (
+        "not-a-table",
+        BASE.replace("[sampling]\nbias = 1.0\n", "").replace("[data]", "sampling = 0.5\n[data]"),
+        "sampling: must be a table, got 0.5",
+    ),
+    (
         "arm-unknown-key",
         BASE + '\n[[arms]]\nname = "low"\nsampling.bais = 0.5\n',
         "arms[low].sampling.bais: unknown key; did you mean 'bias'? (valid: bias)",
