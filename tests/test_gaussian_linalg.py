@@ -136,6 +136,16 @@ def test_metrics_at_the_truth_and_when_singular():
     assert tiny["log_det_change"][0] == pytest.approx(-200 * d * np.log(10) - np.log(6), rel=1e-12)
 
 
+def test_metrics_of_an_undefined_fit_are_nan_not_an_error():
+    """A chain fitted on one point (unbiased: divide by 0) has a NaN covariance; its metrics are
+    NaN while the other chains' are computed as usual."""
+    L0 = np.eye(2)
+    factor = np.stack([np.eye(2), np.full((2, 2), np.nan)])
+    out = gaussian_metrics(np.zeros((2, 2)), factor, np.zeros(2), L0)
+    for k in ("wasserstein2", "kl_divergence", "log_det_change", "trace_ratio"):
+        assert np.isfinite(out[k][0]) and np.isnan(out[k][1]), k
+
+
 def test_sklearn_style_family():
     rng = np.random.default_rng(5)
     X = rng.standard_normal((2, 30, 3))

@@ -207,3 +207,22 @@ def test_adding_a_regime_is_one_small_class():
             assert abs(x.mean() - pred.trace_ratio[-1]) < 4 * x.std() / np.sqrt(x.size)
     finally:
         REGIMES.pop("test-shrinking")
+
+
+@pytest.mark.parametrize("exact", [True, False], ids=["exact", "sample"])
+def test_zero_sized_batches_are_skipped_cleanly(exact):
+    """A size of 0 in a generation (no fresh real points, no extra initial points) draws nothing,
+    warns nothing and leaves no provenance entry."""
+    cases = [
+        ("synthetic-augmentation", {"real_size": 5, "synthetic_size": 5, "initial_real_size": 5}),
+        ("fresh-data", {"real_size": [5, 0], "synthetic_size": 5}),
+        ("accumulate", {"real_size": 0, "synthetic_size": [5, 0, 3]}),
+    ]
+    for regime, sizes in cases:
+        loop = make_loop(regime, dim=2, replicates=3, exact=exact, **sizes)
+        with np.errstate(all="raise"):
+            metrics, records = run_metrics(loop, 4)
+        for rec in records:
+            want = _expected(regime, rec.generation, sizes)
+            assert _clean(rec.provenance).keys() == {k for k, v in want.items() if v > 0}
+        assert all(np.isfinite(v).all() for v in metrics.values())

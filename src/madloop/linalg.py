@@ -53,6 +53,8 @@ def draw_stats(
     without drawing the points: x_bar ~ N(mean, scale Sigma / n), S ~ Wishart(scale Sigma, n - 1).
     """
     R, d = mean.shape
+    if n <= 0:  # an empty batch: no statistics (merges drop it); draw nothing
+        return np.zeros((R, d)), np.zeros((R, d, d))
     z = rng.standard_normal((R, d, 1))
     root = np.sqrt(scale)
     xbar = mean + (root / np.sqrt(n)) * np.matmul(factor, z)[..., 0]
