@@ -74,7 +74,7 @@ CASES = [
         "loop.synthetic_size: must be an integer or a list, got 2.5",
     ),
     (
-        "wrong-type-top",
+        "top-level-out-of-range",
         _edit("generations = 3", "generations = 0"),
         "generations: must be >= 1, got 0",
     ),
@@ -145,6 +145,11 @@ CASES = [
         "bad-toml",
         _edit("dim = 2", "dim = = 2"),
         "not valid TOML: Invalid value (at line 8, column 7)",
+    ),
+    (
+        "wrong-type-top-level",
+        _edit("replicates = 4", "replicates = 2.5"),
+        "replicates: must be an integer, got 2.5",
     ),
     (
         "missing-source",
