@@ -341,7 +341,7 @@ def test_tables_read_back_with_pandas_duckdb_polars(tmp_path):
          "be in (0, 1]"),
         ({"sampling.bias": [0.9, 0.9]}, {}, "'sampling.bias' lists a value twice"),
         ({"colour": [1]}, {}, "sweep.grid.colour: not a config key (sweepable: generations"),
-        ({}, {"seeds": 0}, "sweep.seeds: input should be greater than or equal to 1"),
+        ({}, {"seeds": 0}, "sweep.seeds: must be >= 1, got 0"),
         ({}, {"repeats": 3}, "sweep.repeats: unknown key (valid: grid, seeds)"),
     ],
 )  # fmt: skip
