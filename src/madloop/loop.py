@@ -105,7 +105,7 @@ class Loop:
             self.kept[name] = self._unite(parts, drawn, draw_rng, t)
 
         fit_rng = np.random.default_rng(fit_seed)
-        if isinstance(train, Stats):
+        if self.exact:
             self.model.fit_stats(train)
             provenance, size = train.provenance, train.count
         else:
@@ -145,8 +145,8 @@ class Loop:
                 batches.append(drawn[id(part)])
             else:
                 raise TypeError(f"unknown part {part!r} in a composition")
-        if self.exact:
-            return Stats.merge(batches)
+        if self.exact:  # sufficient statistics merge by their own rule (Stats, Counts, ...)
+            return type(batches[0]).merge(batches)
         return Points.concat(batches)
 
     def _draw(self, part: Draw, rng: np.random.Generator, t: int) -> Batch:

@@ -34,7 +34,13 @@ class FamilySpec:
 
 
 FAMILIES: dict[str, FamilySpec] = {}
-_BUILTIN_MODULES = ("madloop.models.gaussian",)
+_BUILTIN_MODULES = (
+    "madloop.models.gaussian",
+    "madloop.models.categorical",
+    "madloop.models.ngram",
+    "madloop.models.sklearn",
+    "madloop.models.char_transformer",
+)
 _loaded = False
 
 
