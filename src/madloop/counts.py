@@ -65,9 +65,7 @@ def tokens_from_counts(counts: np.ndarray) -> np.ndarray:
     return np.repeat(symbols, counts.ravel()).reshape(R, m)
 
 
-def sample_counts(
-    probabilities: np.ndarray, n: int, *, rng: np.random.Generator
-) -> np.ndarray:
+def sample_counts(probabilities: np.ndarray, n: int, *, rng: np.random.Generator) -> np.ndarray:
     """n categorical draws per replicate as counts (R, V): one multinomial per row, in C."""
     p = np.asarray(probabilities, dtype=float)
     # numpy checks sum(p[:-1]) <= 1 + 1e-12; renormalise against rounding drift

@@ -84,9 +84,7 @@ def shakespeare_text(plays: tuple[str, ...] | None = None) -> str:
     names = sorted(available) if plays is None else list(plays)
     unknown = [p for p in names if p not in available]
     if unknown:
-        raise CorpusError(
-            f"unknown play(s) {unknown}; available: {', '.join(sorted(available))}"
-        )
+        raise CorpusError(f"unknown play(s) {unknown}; available: {', '.join(sorted(available))}")
     return "\n".join(markdown_to_text(available[p].read_text(encoding="utf-8")) for p in names)
 
 
@@ -120,7 +118,8 @@ def detokenize(tokens: list[str], level: str) -> str:
         return "".join(tokens)
     out = []
     for i, tok in enumerate(tokens):
-        glue = i == 0 or tok == "\n" or out[-1].endswith("\n") or not (tok[0].isalnum() or tok[0] == "'")
+        word = tok[0].isalnum() or tok[0] == "'"
+        glue = i == 0 or tok == "\n" or out[-1].endswith("\n") or not word
         out.append(tok if glue else " " + tok)
     return "".join(out)
 
@@ -142,7 +141,7 @@ class TextDataConfig(DataConfig):
     def _known_plays(cls, v: list[str] | str) -> list[str] | str:
         if isinstance(v, list):
             if not v:
-                raise ValueError("must name at least one play, or be \"all\"")
+                raise ValueError('must name at least one play, or be "all"')
             try:
                 available = shakespeare_plays()
             except CorpusError:
@@ -158,14 +157,14 @@ class TextDataConfig(DataConfig):
     def _corpus(self) -> TextDataConfig:
         if self.corpus == "file":
             if self.path is None:
-                raise ValueError("path: required when corpus = \"file\" (a UTF-8 text file)")
+                raise ValueError('path: required when corpus = "file" (a UTF-8 text file)')
             try:
                 safe_path(self.path)
             except CorpusError as e:
                 raise ValueError(f"path: {e}") from None
         else:
             if self.path is not None:
-                raise ValueError("path: only used with corpus = \"file\"; remove it")
+                raise ValueError('path: only used with corpus = "file"; remove it')
             try:
                 shakespeare_dir()
             except CorpusError as e:
@@ -213,8 +212,13 @@ class TextSource:
     """
 
     def __init__(
-        self, text: str, *, level: str = "char", doc_length: int = 64,
-        heldout_fraction: float = 0.1, max_vocab: int = 5000,
+        self,
+        text: str,
+        *,
+        level: str = "char",
+        doc_length: int = 64,
+        heldout_fraction: float = 0.1,
+        max_vocab: int = 5000,
     ) -> None:
         self.level = level
         self.doc_length = doc_length

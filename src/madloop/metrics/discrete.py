@@ -52,9 +52,7 @@ def categorical_metrics(q: np.ndarray, p0: np.ndarray, tail: np.ndarray) -> dict
 
 def _applies(model: Any, real: Any) -> bool:
     return (
-        hasattr(model, "probabilities")
-        and hasattr(real, "probabilities")
-        and hasattr(real, "tail")
+        hasattr(model, "probabilities") and hasattr(real, "probabilities") and hasattr(real, "tail")
     )
 
 

@@ -100,7 +100,9 @@ class CategoricalFamily:
         if X.ndim != 2 or X.shape[1] < 1:
             raise ValueError(f"X must have shape (R, n >= 1) of symbol ids, got {X.shape}")
         if X.min() < 0 or X.max() >= self.vocab_size:
-            raise ValueError(f"symbol ids must be in [0, {self.vocab_size}), got {X.min()}..{X.max()}")
+            raise ValueError(
+                f"symbol ids must be in [0, {self.vocab_size}), got {X.min()}..{X.max()}"
+            )
         return self._set(counts_from_tokens(X, self.vocab_size))
 
     def sample(self, n: int, *, bias: float = 1.0, rng: np.random.Generator) -> np.ndarray:
