@@ -20,12 +20,13 @@ generation and silently tie the chain together.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self
 
 import numpy as np
-from pydantic import model_validator
+from pydantic import ValidationInfo, field_validator
 
 from madloop.configs import DataConfig, ModelConfig
 from madloop.linalg import lower_factor
@@ -69,16 +70,14 @@ def make_estimator(name: str, params: dict[str, Any]) -> Any:
     spec = ESTIMATORS[name]
     bad = sorted(set(params) & spec.reserved)
     if bad:
-        raise ValueError(
-            f"params.{bad[0]}: set by madloop from the run's seed each generation; remove it"
-        )
+        raise ValueError(f"{bad[0]}: set by madloop from the run's seed each generation; remove it")
     est = spec.factory()
     valid = est.get_params(deep=False)
     for key in params:
         if key not in valid:
             hint = difflib.get_close_matches(key, list(valid), n=1)
             raise ValueError(
-                f"params.{key}: not a parameter of {type(est).__name__}"
+                f"{key}: not a parameter of {type(est).__name__}"
                 + (f"; did you mean '{hint[0]}'?" if hint else "")
                 + f" (valid: {', '.join(sorted(set(valid) - spec.reserved))})"
             )
@@ -88,7 +87,8 @@ def make_estimator(name: str, params: dict[str, Any]) -> Any:
         try:
             validate()  # scikit-learn's declarative constraints
         except (ValueError, TypeError) as e:
-            raise ValueError(f"params: {e}") from None
+            name = re.search(r"'(\w+)' parameter", str(e))
+            raise ValueError(f"{name.group(1) if name else 'params'}: {e}") from None
     if spec.check is not None:
         why = spec.check(params)
         if why:
@@ -102,17 +102,25 @@ class SklearnConfig(ModelConfig):
     params: dict[str, Any] = {}  # the estimator's own parameters (validated by it)
     bias_on: Literal["covariance", "weights", "both"] = "covariance"  # mixtures only
 
-    @model_validator(mode="after")
-    def _estimator(self) -> SklearnConfig:
-        if self.estimator not in ESTIMATORS:
-            hint = difflib.get_close_matches(self.estimator, list(ESTIMATORS), n=1)
+    @field_validator("estimator")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in ESTIMATORS:
+            hint = difflib.get_close_matches(v, list(ESTIMATORS), n=1)
             raise ValueError(
-                f"estimator: unknown estimator {self.estimator!r}"
+                f"unknown estimator {v!r}"
                 + (f"; did you mean '{hint[0]}'?" if hint else "")
                 + f" (available: {', '.join(sorted(ESTIMATORS))})"
             )
-        make_estimator(self.estimator, dict(self.params))
-        return self
+        return v
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        estimator = info.data.get("estimator")
+        if estimator in ESTIMATORS:  # else the estimator's own error is reported
+            make_estimator(estimator, dict(v))
+        return v
 
     def bias_problem(self, bias: float) -> str | None:
         why = super().bias_problem(bias)
@@ -209,7 +217,7 @@ def _kde_set_state(est: Any, state: dict[str, np.ndarray]) -> None:
 def _kde_check(params: dict[str, Any]) -> str | None:
     kernel = params.get("kernel", "gaussian")
     if kernel not in ("gaussian", "tophat"):
-        return f"params.kernel: must be 'gaussian' or 'tophat' to sample, got {kernel!r}"
+        return f"kernel: must be 'gaussian' or 'tophat' to sample, got {kernel!r}"
     return None
 
 
