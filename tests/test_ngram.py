@@ -124,6 +124,8 @@ def test_perplexity_rises_when_fully_synthetic_and_not_with_fresh_data(tmp_path)
     assert {"tail_mass", "distinct_2", "bigram_entropy", "support_size"} <= set(
         result.metrics["metric"]
     )
+    support = result.metrics.query("metric == 'ngram_support'")["value"]
+    assert support.min() > 100 and support.max() <= 2500 * 32  # distinct trigrams <= tokens
 
 
 def test_config_errors():

@@ -35,6 +35,8 @@ class Counts:
     @staticmethod
     def merge(parts: list[Counts]) -> Counts:
         """The union of batches: counts add."""
+        if len(parts) == 1:
+            return parts[0]
         total = np.zeros_like(parts[0].counts)
         prov: dict[tuple[int, int], np.ndarray] = {}
         for p in parts:

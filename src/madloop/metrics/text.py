@@ -8,7 +8,8 @@
   ``tail_mass``: the samples' share of real tail symbols divided by the held-out text's share (the
   real tail: the rarest symbols by training frequency carrying at most 10% of held-out tokens).
   It is an unbiased ratio estimate whatever the sample size: about 1 while the tail survives, 0
-  once the model no longer produces it.
+  once the model no longer produces it;
+- ``ngram_support`` (n-gram family): distinct top-order n-grams in the last training set.
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ def _compute(model: Any, real: Any, *, rng: np.random.Generator, generation: int
     docs = np.asarray(model.sample_points(SAMPLE_DOCS, bias=1.0, rng=rng).X)
     out = {"perplexity": np.exp(nll)}
     out.update(sample_statistics(docs, real.vocab_size, real.tail, real.heldout_unigram))
+    if hasattr(model, "ngram_support"):  # n-gram models: distinct n-grams they were fitted on
+        out["ngram_support"] = np.asarray(model.ngram_support(), dtype=float)
     return out
 
 

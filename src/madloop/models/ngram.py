@@ -279,6 +279,10 @@ class NGramChains(PerReplicate):
         """Mean negative log-likelihood per token of held-out documents (m, L), per chain."""
         return np.array([m.mean_nll(docs) for m in self.models])
 
+    def ngram_support(self) -> np.ndarray:
+        """Distinct n-grams (top order) seen in each chain's last training set."""
+        return np.array([float(m.tables_[-1].keys.size) for m in self.models])
+
 
 def _build(config: NGramConfig, *, replicates: int, real: object) -> NGramChains:
     V = int(real.vocab_size)
