@@ -130,6 +130,7 @@ class CharTransformerConfig(ModelConfig):
     weight_decay: float = Field(0.0, ge=0.0, le=1.0)
     warm_start: bool = False  # continue from the previous generation's weights and optimiser
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: a GPU when torch sees one
+    threads: int = Field(1, ge=1, le=256)  # CPU threads for torch: a small model is fastest on 1
     top_k: int = Field(0, ge=0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
 
@@ -180,6 +181,7 @@ class CharTransformerLM:
         weight_decay: float = 0.0,
         warm_start: bool = False,
         device: str = "auto",
+        threads: int = 1,
         top_k: int = 0,
         top_p: float = 1.0,
     ) -> None:
@@ -190,10 +192,17 @@ class CharTransformerLM:
         self.weight_decay = weight_decay
         self.warm_start = warm_start
         self.device = _device(device)
+        self.threads = threads
         self.top_k = top_k
         self.top_p = top_p
         self.model_: GPT | None = None
         self.optimizer_: torch.optim.Optimizer | None = None
+
+    def _threads(self) -> None:
+        # torch's intra-op pool is process-wide; on a shared or small CPU, extra threads of a
+        # small model mostly spin-wait (5-25x slower measured on a busy 2-core machine)
+        if self.device.type == "cpu" and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
 
     def _new(self, rng: np.random.Generator | None) -> None:
         self.model_ = GPT(self.gpt).to(self.device)
@@ -218,6 +227,7 @@ class CharTransformerLM:
         X = np.asarray(X)
         if X.ndim != 2 or X.shape[1] != self.gpt.block_size:
             raise ValueError(f"X must have shape (m, {self.gpt.block_size}), got {X.shape}")
+        self._threads()
         if self.model_ is None or not self.warm_start:
             self._new(rng)
         model, opt = self.model_, self.optimizer_
@@ -242,6 +252,7 @@ class CharTransformerLM:
         """Mean negative log-likelihood per token (nats) of documents X (m, L)."""
         model = self._check()
         model.eval()
+        self._threads()
         total, count = 0.0, 0
         for i in range(0, X.shape[0], chunk):
             inp, tgt = self._inputs(X[i : i + chunk])
@@ -259,6 +270,7 @@ class CharTransformerLM:
         """n documents (n, L), token by token from the filtered next-token law."""
         model = self._check()
         model.eval()
+        self._threads()
         L = self.gpt.block_size
         idx = torch.full((n, 1), self.gpt.vocab_size, device=self.device)  # BOS
         out = np.empty((n, L), dtype=np.int32)
@@ -331,6 +343,7 @@ def _build(
             weight_decay=config.weight_decay,
             warm_start=config.warm_start,
             device=config.device,
+            threads=config.threads,
             top_k=config.top_k,
             top_p=config.top_p,
         ),
