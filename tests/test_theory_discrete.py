@@ -174,3 +174,17 @@ def test_run_writes_theory_for_the_categorical_family(tmp_path):
     assert s[s.arm == "hot"]["theory"].isna().all()  # a temperature has no closed form here
     written = (tmp_path / "run" / "summary.csv").read_text()
     assert "theory" in written.splitlines()[0]
+
+
+@pytest.mark.slow
+def test_large_population_support_follows_the_branching_limit():
+    """Benchmark scale (V = 10^4, n = 10^5): the survival theory uses the Poisson branching limit
+    there; the simulated support and heterozygosity must follow it."""
+    p0 = zipf_probabilities(10_000, 1.0)
+    n, T = 100_000, 40
+    regime = FullySynthetic(synthetic_size=n)
+    sims, _ = simulate(regime, p0, T, 60, seed=7)
+    preds = td.predictions(regime, T, p0, tail=CategoricalSource(p0).tail)
+    assert_within_se(sims["support_size"], preds["support_size"])
+    assert_within_se(sims["heterozygosity"], preds["heterozygosity"])
+    assert preds["support_size"][-1] < 0.5 * preds["support_size"][0]

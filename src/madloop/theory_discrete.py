@@ -47,7 +47,9 @@ def fixation_probabilities(p0: np.ndarray) -> np.ndarray:
     return p0 / p0.sum()
 
 
-def heterozygosity_decay(h0: float, generations: int, n: int, n_initial: int | None = None):
+def heterozygosity_decay(
+    h0: float, generations: int, n: int, n_initial: int | None = None
+) -> np.ndarray:
     """E[H_t], t = 1..T, of the fully-synthetic MLE chain: H_0 (1 - 1/n_1)(1 - 1/n)^(t-1)."""
     n1 = n if n_initial is None else n_initial
     t = np.arange(1, generations + 1)
@@ -74,7 +76,7 @@ def expected_heterozygosity(
     n_fixed = regime.n_real(1) if regime.name == "synthetic-augmentation" else 0
     A = n_fixed * (n_fixed - 1) * F0 + n_fixed  # E Σ a_i² of the fixed real counts
 
-    def smooth(sq: float, cross: float, n: int, cross_count: float):
+    def smooth(sq: float, cross: float, n: int, cross_count: float) -> tuple[float, float]:
         """From E Σ c², E Σ x c (x = p_0 or a) to E Σ p², E Σ x p under add-α."""
         D = n + alpha * V
         return (sq + 2 * alpha * n + V * alpha**2) / D**2, (cross + alpha * cross_count) / D
@@ -175,7 +177,12 @@ def survival_probability(
 
 
 def expected_support(
-    p0: np.ndarray, generations: int, n: int, *, n_initial: int | None = None, method="auto"
+    p0: np.ndarray,
+    generations: int,
+    n: int,
+    *,
+    n_initial: int | None = None,
+    method: str = "auto",
 ) -> np.ndarray:
     """E[number of symbols alive at generation t], t = 1..T (fully-synthetic MLE)."""
     p0 = np.asarray(p0, dtype=float)

@@ -281,7 +281,9 @@ class TextSource:
         return [path]
 
 
-def real_tail(train_freq: np.ndarray, heldout_freq: np.ndarray, share: float = TAIL_SHARE):
+def real_tail(
+    train_freq: np.ndarray, heldout_freq: np.ndarray, share: float = TAIL_SHARE
+) -> np.ndarray:
     """Mask of the rarest symbols (by ``train_freq``, ties by id) whose held-out frequencies sum
     to at most ``share``; always at least the rarest held-out symbol."""
     order = np.lexsort((np.arange(train_freq.size), train_freq))

@@ -152,7 +152,9 @@ def mixture_factors(est: Any) -> np.ndarray:
     return np.sqrt(cov)[:, None, None] * np.eye(d)  # spherical
 
 
-def sample_mixture(est: Any, n: int, bias: float, bias_on: str, rng: np.random.Generator):
+def sample_mixture(
+    est: Any, n: int, bias: float, bias_on: str, rng: np.random.Generator
+) -> np.ndarray:
     """n draws: component k with weight ∝ w_k^(1/λ) if the weights are biased, then
     μ_k + sqrt(λ) L_k z if the covariances are."""
     w = np.asarray(est.weights_, dtype=float)
@@ -181,7 +183,7 @@ def _kde_data(est: Any) -> np.ndarray:
     return np.asarray(est.tree_.data)
 
 
-def sample_kde(est: Any, n: int, bias: float, bias_on: str, rng: np.random.Generator):
+def sample_kde(est: Any, n: int, bias: float, bias_on: str, rng: np.random.Generator) -> np.ndarray:
     """A random training point plus kernel noise of bandwidth sqrt(λ) h (Gaussian kernel), or a
     uniform point of the ball of that radius (tophat)."""
     data = _kde_data(est)
