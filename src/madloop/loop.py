@@ -39,6 +39,16 @@ def generation_seed(seed: int, stream: int, generation: int) -> np.random.SeedSe
     return np.random.SeedSequence(seed, spawn_key=(stream, generation))
 
 
+DRAW, FIT, METRIC, GALLERY = range(4)  # the children of a generation's seed
+
+
+def child_seed(seed: int, stream: int, generation: int, child: int) -> np.random.SeedSequence:
+    """``generation_seed(seed, stream, generation).spawn(4)[child]``, built directly: a spawned
+    child is the SeedSequence with the parent's spawn key plus its index, so this gives the same
+    numbers without constructing the siblings a generation does not use."""
+    return np.random.SeedSequence(seed, spawn_key=(stream, generation, child))
+
+
 class Loop:
     """R replicate chains of one self-consuming loop.
 
@@ -94,8 +104,7 @@ class Loop:
     # -- one generation -------------------------------------------------------------------------
     def step(self) -> GenerationRecord:
         t = self.generation + 1
-        draw_seed, fit_seed, metric_seed, _ = generation_seed(self.seed, self.stream, t).spawn(4)
-        draw_rng = np.random.default_rng(draw_seed)
+        draw_rng = np.random.default_rng(child_seed(self.seed, self.stream, t, DRAW))
         comp = self.regime.compose(t)
         drawn: dict[int, Batch] = {}
         train = self._unite(comp.parts, drawn, draw_rng, t)
@@ -104,24 +113,23 @@ class Loop:
         for name, parts in comp.keep.items():
             self.kept[name] = self._unite(parts, drawn, draw_rng, t)
 
-        fit_rng = np.random.default_rng(fit_seed)
         if self.exact:
             self.model.fit_stats(train)
             provenance, size = train.provenance, train.count
         else:
+            fit_rng = np.random.default_rng(child_seed(self.seed, self.stream, t, FIT))
             self.model.fit_points(train, rng=fit_rng)
             provenance = train.provenance_counts()
             size = np.full(train.replicates, train.size)
         self.generation = t
-        metrics = evaluate(
-            self.model, self.real, rng=np.random.default_rng(metric_seed), generation=t
-        )
+        metric_rng = np.random.default_rng(child_seed(self.seed, self.stream, t, METRIC))
+        metrics = evaluate(self.model, self.real, rng=metric_rng, generation=t)
         return GenerationRecord(t, metrics, provenance, np.asarray(size))
 
     def gallery(self, n: int) -> Points:
         """n samples of the current model for a gallery, from their own seed stream (drawing
         them never changes the trajectory)."""
-        seed = generation_seed(self.seed, self.stream, self.generation).spawn(4)[3]
+        seed = child_seed(self.seed, self.stream, self.generation, GALLERY)
         points = self.model.sample_points(n, bias=self.bias, rng=np.random.default_rng(seed))
         points.source = np.full(points.X.shape[:2], SYNTHETIC, dtype=np.int8)
         points.origin = np.full(points.X.shape[:2], self.generation, dtype=np.int32)

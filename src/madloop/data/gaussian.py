@@ -42,8 +42,12 @@ class GaussianDataConfig(DataConfig):
                 )
             if not np.all(np.isfinite(cov)) or not np.allclose(cov, cov.T):
                 raise ValueError("covariance: must be a finite symmetric matrix")
-            if np.linalg.eigvalsh(cov).min() <= 0:
-                raise ValueError("covariance: must be positive definite (all eigenvalues > 0)")
+            smallest = float(np.linalg.eigvalsh(cov).min())
+            if smallest <= 0:
+                raise ValueError(
+                    "covariance: must be positive definite (all eigenvalues > 0), got smallest "
+                    f"eigenvalue {smallest:.4g}"
+                )
         return self
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from madloop.linalg import log_det
+from madloop.linalg import log_det, solve_lower
 from madloop.metrics.base import MetricSuite, register_suite
 
 GAUSSIAN_METRICS = (
@@ -42,18 +42,26 @@ def gaussian_metrics(
     tr0 = float(np.sum(factor0 * factor0))
     ld0 = float(log_det(factor0))
     ld = log_det(factor)
-    nuclear = np.linalg.svd(factor0.T @ factor, compute_uv=False).sum(axis=-1)
-    w2_sq = np.maximum(mean_error_sq + tr + tr0 - 2.0 * nuclear, 0.0)
+    finite = np.isfinite(factor).all(axis=(1, 2))  # a fit on < 2 points has a NaN covariance
+    if finite.all():
+        nuclear = np.linalg.svd(factor0.T @ factor, compute_uv=False).sum(axis=-1)
+    else:  # report NaN for those chains rather than fail the SVD for all of them
+        nuclear = np.full(mean.shape[0], np.nan)
+        if finite.any():
+            M = factor0.T @ factor[finite]
+            nuclear[finite] = np.linalg.svd(M, compute_uv=False).sum(axis=-1)
+    with np.errstate(invalid="ignore"):
+        w2_sq = np.maximum(mean_error_sq + tr + tr0 - 2.0 * nuclear, 0.0)
 
     d = mean.shape[-1]
-    kl = np.full(mean.shape[0], np.inf)
-    ok = np.isfinite(ld) & (np.abs(np.diagonal(factor, axis1=1, axis2=2)).min(axis=1) > 0)
+    kl = np.where(finite, np.inf, np.nan)
+    ok = finite & np.isfinite(ld) & (np.abs(np.diagonal(factor, axis1=1, axis2=2)).min(axis=1) > 0)
     if ok.any():
         rhs = np.concatenate(
             [np.broadcast_to(factor0, (ok.sum(), d, d)), diff[ok][:, :, None]], axis=2
         )
         with np.errstate(over="ignore", invalid="ignore"):
-            sol = np.linalg.solve(factor[ok], rhs)  # L_t^{-1} [L_0 | μ_t - μ_0]
+            sol = solve_lower(factor[ok], rhs)  # L_t^{-1} [L_0 | μ_t - μ_0]
             trace_term = np.einsum("rij,rij->r", sol[:, :, :d], sol[:, :, :d])
             maha = np.einsum("ri,ri->r", sol[:, :, d], sol[:, :, d])
             kl[ok] = 0.5 * (trace_term + maha - d + ld[ok] - ld0)

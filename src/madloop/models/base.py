@@ -36,6 +36,8 @@ class FamilySpec:
 FAMILIES: dict[str, FamilySpec] = {}
 _BUILTIN_MODULES = (
     "madloop.models.gaussian",
+    "madloop.models.gan",
+    "madloop.models.flow",
     "madloop.models.categorical",
     "madloop.models.ngram",
     "madloop.models.sklearn",
