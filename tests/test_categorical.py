@@ -10,7 +10,12 @@ from madloop.data.categorical import CategoricalSource, zipf_probabilities
 from madloop.experiment import ConfigError, run, validate
 from madloop.loop import Loop
 from madloop.models.categorical import CategoricalFamily, tempered
-from madloop.regimes import AccumulateSubsample, FreshData
+from madloop.regimes import (
+    Accumulate,
+    AccumulateSubsample,
+    FreshData,
+    SyntheticAugmentation,
+)
 
 
 def test_fit_by_counting_with_add_alpha():
@@ -44,7 +49,15 @@ def test_temperature_bias_samples_from_p_to_the_one_over_t():
     assert counts[3] == 0  # a lost symbol stays lost at any temperature
 
 
-@pytest.mark.parametrize("regime", [FreshData(real_size=30, synthetic_size=50)])
+@pytest.mark.parametrize(
+    "regime",
+    [
+        FreshData(real_size=30, synthetic_size=50),
+        SyntheticAugmentation(real_size=20, synthetic_size=40),
+        Accumulate(synthetic_size=30),
+    ],
+    ids=lambda r: r.name,
+)
 def test_exact_and_sample_modes_give_the_same_chain(regime):
     """Both modes draw the same multinomial counts; sample mode expands them to tokens."""
     p0 = zipf_probabilities(40, 1.0)
