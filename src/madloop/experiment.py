@@ -282,6 +282,10 @@ def validate(raw: Mapping[str, Any], *, arm: str | None = None) -> ExperimentCon
         why = model.bias_problem(sampling.bias)
         if why:
             problems.append(f"sampling.bias: {why}")
+    if model is not None and data is not None and hasattr(model, "data_problem"):
+        why = model.data_problem(data)  # a family that needs a kind of data says so
+        if why:
+            problems.append(f"data.source: {why}")
     if loop is not None:
         problems.extend(_loop_problems(loop, model))
     if problems:
@@ -563,6 +567,7 @@ def theory_frame(arms: list[Arm]) -> pd.DataFrame:
         if own is not None:
             rows.append(own(arm))
             continue
+        rows.extend(_discrete_theory(arm))
         mean0_factor = _gaussian_truth(cfg)
         if mean0_factor is None:
             continue
@@ -599,6 +604,31 @@ def _gaussian_truth(cfg: ExperimentConfig) -> tuple[int, float] | None:
         cfg.data, rng=np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(0,)))
     )
     return real.dim, float(np.trace(real.covariance))
+
+
+def _discrete_theory(arm: Arm) -> list[pd.DataFrame]:
+    """Wright–Fisher predictions for the categorical family (see :mod:`madloop.theory_discrete`)."""
+    cfg = arm.config
+    if cfg.model.family != "categorical" or cfg.data.source != "categorical":
+        return []
+    from madloop import theory_discrete
+
+    real = build_source(
+        cfg.data, rng=np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(0,)))
+    )
+    preds = theory_discrete.predictions(
+        make_regime(cfg.loop),
+        cfg.generations,
+        real.probabilities(),
+        tail=real.tail,
+        bias=cfg.sampling.bias,
+        alpha=cfg.model.alpha,
+    )
+    gens = np.arange(1, cfg.generations + 1)
+    return [
+        pd.DataFrame({"arm": arm.name, "generation": gens, "metric": k, "theory": v})
+        for k, v in preds.items()
+    ]
 
 
 def summarize(metrics: pd.DataFrame, theory: pd.DataFrame | None = None) -> pd.DataFrame:

@@ -113,7 +113,7 @@ class Loop:
         for name, parts in comp.keep.items():
             self.kept[name] = self._unite(parts, drawn, draw_rng, t)
 
-        if isinstance(train, Stats):
+        if self.exact:
             self.model.fit_stats(train)
             provenance, size = train.provenance, train.count
         else:
@@ -153,8 +153,8 @@ class Loop:
                 batches.append(drawn[id(part)])
             else:
                 raise TypeError(f"unknown part {part!r} in a composition")
-        if self.exact:
-            return Stats.merge(batches)
+        if self.exact:  # sufficient statistics merge by their own rule (Stats, Counts, ...)
+            return type(batches[0]).merge(batches)
         return Points.concat(batches)
 
     def _draw(self, part: Draw, rng: np.random.Generator, t: int) -> Batch:

@@ -15,3 +15,7 @@ __all__ = [
     "gaussian_metrics",
     "register_suite",
 ]
+
+from madloop.metrics import density as _density  # noqa: E402, F401
+from madloop.metrics import discrete as _discrete  # noqa: E402, F401  (registers its suite)
+from madloop.metrics import text as _text  # noqa: E402, F401

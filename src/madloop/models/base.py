@@ -38,6 +38,10 @@ _BUILTIN_MODULES = (
     "madloop.models.gaussian",
     "madloop.models.gan",
     "madloop.models.flow",
+    "madloop.models.categorical",
+    "madloop.models.ngram",
+    "madloop.models.sklearn",
+    "madloop.models.char_transformer",
 )
 _loaded = False
 
