@@ -114,7 +114,11 @@ class Loop:
             size = np.full(train.replicates, train.size)
         self.generation = t
         metrics = evaluate(
-            self.model, self.real, rng=np.random.default_rng(metric_seed), generation=t
+            self.model,
+            self.real,
+            rng=np.random.default_rng(metric_seed),
+            generation=t,
+            bias=self.bias,
         )
         return GenerationRecord(t, metrics, provenance, np.asarray(size))
 

@@ -20,7 +20,7 @@ class DataSpec:
 
 
 DATA_SOURCES: dict[str, DataSpec] = {}
-_BUILTIN_MODULES = ("madloop.data.gaussian",)
+_BUILTIN_MODULES = ("madloop.data.gaussian", "madloop.data.toy2d", "madloop.data.images")
 _loaded = False
 
 

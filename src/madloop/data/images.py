@@ -169,6 +169,9 @@ class ImageSource:
         self.heldout_X, self.heldout_y = X[held], y[held]
         self.n_classes = int(y.max()) + 1
         self.eval_size = eval_size
+        #: where metrics may cache artefacts (the feature network); the run sets it to
+        #: ``<run dir>/cache`` when it has a directory
+        self.cache_dir: Path | None = None
         h = hashlib.sha256()
         for a in (self.train_X, self.train_y, self.heldout_X, self.heldout_y):
             h.update(np.ascontiguousarray(a).tobytes())

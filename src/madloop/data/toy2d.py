@@ -94,8 +94,14 @@ class Toy2DSource:
         fig, axes = plt.subplots(1, R, figsize=(3.2 * R, 3.2), dpi=110, squeeze=False)
         X = points.global_X()
         for r, ax in enumerate(axes[0]):
-            ax.hist2d(ref[:, 0], ref[:, 1], bins=120, range=[[lo[0], hi[0]], [lo[1], hi[1]]],
-                      cmap="Greys", cmin=1)
+            ax.hist2d(
+                ref[:, 0],
+                ref[:, 1],
+                bins=120,
+                range=[[lo[0], hi[0]], [lo[1], hi[1]]],
+                cmap="Greys",
+                cmin=1,
+            )
             ax.scatter(X[r, :, 0], X[r, :, 1], s=3, c="C3", alpha=0.7, lw=0)
             ax.set_xlim(lo[0], hi[0])
             ax.set_ylim(lo[1], hi[1])

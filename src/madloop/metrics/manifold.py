@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 
 import numpy as np
 from scipy import linalg
@@ -60,15 +61,16 @@ def prdc(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict[str, float]:
     return {key: float(v) for key, v in out.items()}
 
 
-def frechet_distance(
-    mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray
-) -> float:
+def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> float:
     """||μ1 - μ2||² + tr(Σ1 + Σ2 - 2 (Σ1 Σ2)^½): the squared W2 distance of the two Gaussians."""
     diff = mu1 - mu2
-    covmean = linalg.sqrtm(cov1 @ cov2)
-    if not np.isfinite(covmean).all():  # near-singular product: regularise as in pytorch-fid
-        eps = 1e-6 * np.eye(len(mu1))
-        covmean = linalg.sqrtm((cov1 + eps) @ (cov2 + eps))
+    with warnings.catch_warnings():
+        # features with dead units give singular covariances; sqrtm warns, the trace is still fine
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(cov1 @ cov2)
+        if not np.isfinite(covmean).all():  # regularise as pytorch-fid does
+            eps = 1e-6 * np.eye(len(mu1))
+            covmean = linalg.sqrtm((cov1 + eps) @ (cov2 + eps))
     covmean = np.real(covmean)
     return float(max(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * np.trace(covmean), 0.0))
 

@@ -25,9 +25,10 @@ class TorchModelConfig(ModelConfig):
     learning_rate: float = Field(1e-3, gt=0.0, le=10.0)
     warm_start: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    #: torch intra-op threads while fitting/sampling; 0 leaves torch's setting alone. One thread per
-    #: replicate is the sensible choice when several processes share a few cores.
-    threads: int = Field(0, ge=0, le=1024)
+    #: torch intra-op threads while fitting/sampling; 0 leaves torch's setting alone. These nets are
+    #: small, so one thread wastes little and stays fast on a machine whose cores are shared;
+    #: raise it on an idle many-core machine.
+    threads: int = Field(1, ge=0, le=1024)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -62,7 +63,9 @@ class threads:
 
 
 def module_state(prefix: str, module: torch.nn.Module) -> dict[str, np.ndarray]:
-    return {f"{prefix}/{k}": v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()}
+    return {
+        f"{prefix}/{k}": v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()
+    }
 
 
 def load_module_state(prefix: str, module: torch.nn.Module, state: dict[str, np.ndarray]) -> None:

@@ -34,7 +34,7 @@ class FamilySpec:
 
 
 FAMILIES: dict[str, FamilySpec] = {}
-_BUILTIN_MODULES = ("madloop.models.gaussian",)
+_BUILTIN_MODULES = ("madloop.models.gaussian", "madloop.models.ddpm", "madloop.models.vae")
 _loaded = False
 
 
