@@ -46,6 +46,22 @@ def torch_generator(rng: np.random.Generator, device: torch.device) -> torch.Gen
     return torch.Generator(device=device).manual_seed(seed)
 
 
+def init_weights(module: torch.nn.Module, g: torch.Generator) -> None:
+    """Re-initialise every Linear / Conv / Embedding as PyTorch does by default, but from ``g``:
+    layer constructors draw from torch's global generator, which would tie a fit to whatever ran
+    before it in the process."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, torch.nn.Linear | torch.nn.Conv2d):
+                torch.nn.init.kaiming_uniform_(m.weight, a=5**0.5, generator=g)
+                if m.bias is not None:
+                    fan_in = m.weight[0].numel()
+                    bound = 1 / fan_in**0.5
+                    torch.nn.init.uniform_(m.bias, -bound, bound, generator=g)
+            elif isinstance(m, torch.nn.Embedding):
+                torch.nn.init.normal_(m.weight, generator=g)
+
+
 class threads:
     """Context manager: run with ``n`` torch threads (0 = unchanged), then restore."""
 

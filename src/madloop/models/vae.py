@@ -26,6 +26,7 @@ from torch import nn
 
 from madloop.models._torch import (
     TorchModelConfig,
+    init_weights,
     load_module_state,
     load_optimizer_state,
     module_state,
@@ -141,6 +142,7 @@ class VAE:
         warm = cfg.warm_start and self.net_ is not None
         if warm and (self.event_shape_ != X.shape[1:] or n_classes > self.n_classes_):
             raise ValueError("warm start: the data's shape or labels differ from the last fit")
+        g = torch_generator(rng, self.device)
         if not warm:
             if X.ndim == 3:
                 self.shift_, self.scale_ = np.zeros(1, np.float32), np.ones(1, np.float32)
@@ -148,11 +150,12 @@ class VAE:
                 self.shift_ = X.mean(axis=0).astype(np.float32)
                 self.scale_ = (X.std(axis=0) + 1e-8).astype(np.float32)
             self._build(X.shape[1:], n_classes)
+            init_weights(self.net_, g)
         labels = np.zeros(len(X), np.int64) if y is None else np.asarray(y, np.int64)
         counts = np.bincount(labels, minlength=max(self.n_classes_, 1))
         self.class_prior_ = (counts / counts.sum()) if self.n_classes_ else None
         with threads(cfg.threads):
-            self._train(X, labels, torch_generator(rng, self.device))
+            self._train(X, labels, g)
         return self
 
     def _train(self, X: np.ndarray, labels: np.ndarray, g: torch.Generator) -> None:
