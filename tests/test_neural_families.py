@@ -263,3 +263,28 @@ def test_end_to_end_digits_images(tmp_path):
     }
     assert list((tmp_path / "cache").glob("features-digits-*.npz"))
     assert (tmp_path / "plots" / "samples" / "base_gen001.png").exists()
+
+
+def test_evaluation_sample_never_changes_the_trajectory():
+    """The metric suites draw their own sample with the metric generator: measuring more points
+    leaves every fitted weight of the next generations unchanged."""
+    from madloop.experiment import build_loop
+
+    states = []
+    for eval_size in (30, 90):
+        cfg = {
+            "seed": 5,
+            "generations": 2,
+            "replicates": 1,
+            "data": {"source": "moons", "eval_size": eval_size},
+            "model": {"family": "vae", **TINY},
+            "sampling": {"bias": 0.7},
+            "loop": {"synthetic_size": 50},
+        }
+        _, arms = parse(cfg)
+        loop = build_loop(arms[0])
+        records = list(loop.run(2))
+        states.append((loop.model.get_state(), records[-1].metrics["precision"]))
+    (s1, p1), (s2, p2) = states
+    assert s1.keys() == s2.keys() and all(np.array_equal(s1[k], s2[k]) for k in s1)
+    assert not np.array_equal(p1, p2)  # the measurements themselves did change
