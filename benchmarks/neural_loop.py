@@ -4,7 +4,9 @@ Each row runs a few generations of one fully synthetic arm (one replicate) with 
 ``examples/mad-digits.toml`` / ``examples/mad-ddpm-2d.toml`` and reports the mean seconds per
 generation (fit + the next generation's samples + metrics), and for digits the projected time of a
 10-generation loop against the 10-minute target. Families another package registers (gan, flow)
-are measured too when present. Run: ``.venv/bin/python benchmarks/neural_loop.py [--threads 2]``.
+are measured too when present. Run:
+
+    .venv/bin/python benchmarks/neural_loop.py [--threads 1] [--generations 2]
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def seconds_per_generation(raw: dict, generations: int, threads: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--generations", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--families", nargs="*", default=None)
     args = ap.parse_args()
     families = args.families or [f for f in ("ddpm", "vae", "gan", "flow") if f in load_families()]
@@ -88,7 +90,7 @@ def main() -> None:
                 continue
             ten = 10 * sec
             verdict = ("ok" if ten <= TARGET_S else "over") if data.startswith("digits") else ""
-            print(f"{data:<11} {family:<6} {sec:>13.1f} {ten:>14.0f}s  {verdict}")
+            print(f"{data:<11} {family:<6} {sec:>13.1f} {ten:>14.0f}s  {verdict}", flush=True)
 
 
 if __name__ == "__main__":
