@@ -304,3 +304,14 @@ def test_end_to_end_mnist_14x14_unet(tmp_path):
     res = run(cfg, out=tmp_path)
     assert res.metrics["value"].notna().all()
     assert (tmp_path / "plots" / "samples" / "base_gen002.png").exists()
+
+
+@pytest.mark.parametrize("family", ["ddpm", "vae"])
+def test_fit_ignores_torch_global_generator(family):
+    """Weights come from the fit's own generator: whatever drew from torch's global generator
+    before (other code, another model) changes nothing."""
+    X, y = _data("vectors")
+    a = _make(family).fit(X, y, rng=np.random.default_rng(1)).get_state()
+    torch.rand(1000)  # advance the global generator
+    b = _make(family).fit(X, y, rng=np.random.default_rng(1)).get_state()
+    assert all(np.array_equal(a[k], b[k]) for k in a)

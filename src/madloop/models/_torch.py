@@ -2,7 +2,8 @@
 and the checkpoint contract (learned state as named numpy arrays, never pickle).
 
 Randomness: every torch random call takes a ``torch.Generator`` seeded from the numpy generator the
-loop hands in, so a seed fixes every number and nothing touches torch's global RNG.
+loop hands in, so a seed fixes every number; torch's global generator is never seeded, and the
+draws layer constructors take from it are overwritten by :func:`init_weights` before use.
 """
 
 from __future__ import annotations
