@@ -25,13 +25,15 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from madloop.data.images import ImageSource
 from madloop.metrics.base import MetricSuite, register_suite
 from madloop.metrics.manifold import frechet_between, prdc
+
+if TYPE_CHECKING:  # metrics do not import data at run time
+    from madloop.data.images import ImageSource
 
 IMAGE_METRICS = (
     "fd",
@@ -147,7 +149,9 @@ def class_entropy(pred: np.ndarray, n_classes: int) -> float:
 
 
 def _applies(model: Any, real: Any) -> bool:
-    return isinstance(real, ImageSource) and hasattr(model, "sample_points")
+    # duck-typed: a labelled image set with a held-out split, e.g. data/images.py
+    needed = ("heldout_X", "train_X", "checksum", "n_classes", "eval_size")
+    return all(hasattr(real, a) for a in needed) and hasattr(model, "sample_points")
 
 
 def _compute(
