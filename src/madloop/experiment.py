@@ -723,6 +723,8 @@ def run(
     for arm in arms:
         t0 = time.perf_counter()
         loop = build_loop(arm)
+        if out is not None and hasattr(loop.real, "cache_dir"):
+            loop.real.cache_dir = out / "cache"  # e.g. the image metrics' feature network
         modes[arm.name] = "exact" if loop.exact else "sample"
         records = []
         T = arm.config.generations

@@ -123,7 +123,7 @@ class Loop:
             size = np.full(train.replicates, train.size)
         self.generation = t
         metric_rng = np.random.default_rng(child_seed(self.seed, self.stream, t, METRIC))
-        metrics = evaluate(self.model, self.real, rng=metric_rng, generation=t)
+        metrics = evaluate(self.model, self.real, rng=metric_rng, generation=t, bias=self.bias)
         return GenerationRecord(t, metrics, provenance, np.asarray(size))
 
     def gallery(self, n: int) -> Points:

@@ -20,7 +20,13 @@ class DataSpec:
 
 
 DATA_SOURCES: dict[str, DataSpec] = {}
-_BUILTIN_MODULES = ("madloop.data.gaussian", "madloop.data.text", "madloop.data.categorical")
+_BUILTIN_MODULES = (
+    "madloop.data.gaussian",
+    "madloop.data.toy2d",
+    "madloop.data.images",
+    "madloop.data.text",
+    "madloop.data.categorical",
+)
 _loaded = False
 
 

@@ -4,6 +4,7 @@ The loop calls :func:`evaluate` after each generation; every registered suite th
 (model, real source) pair adds its named values, one per replicate chain.
 """
 
+from madloop.metrics import images, mixture2d  # noqa: E402,F401  (register their suites)
 from madloop.metrics.base import METRIC_SUITES, MetricSuite, evaluate, register_suite
 from madloop.metrics.gaussian import GAUSSIAN_METRICS, gaussian_metrics
 

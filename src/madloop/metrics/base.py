@@ -12,11 +12,16 @@ import numpy as np
 @dataclass(frozen=True)
 class MetricSuite:
     """``applies(model, real)`` says whether the suite can measure this pair; ``compute(model,
-    real, *, rng, generation)`` returns {metric name: values (R,)}."""
+    real, *, rng, generation)`` returns {metric name: values (R,)}.
+
+    A suite with ``samples = True`` measures an evaluation sample it draws from the model with the
+    metric ``rng`` (never the trajectory's); its ``compute`` also receives ``bias``, the loop's
+    sampling bias, so it measures the samples the loop actually trains on."""
 
     name: str
     applies: Callable[[Any, Any], bool]
     compute: Callable[..., dict[str, np.ndarray]]
+    samples: bool = False
 
 
 METRIC_SUITES: dict[str, MetricSuite] = {}
@@ -28,10 +33,11 @@ def register_suite(suite: MetricSuite) -> MetricSuite:
 
 
 def evaluate(
-    model: Any, real: Any, *, rng: np.random.Generator, generation: int
+    model: Any, real: Any, *, rng: np.random.Generator, generation: int, bias: float = 1.0
 ) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for suite in METRIC_SUITES.values():
         if suite.applies(model, real):
-            out.update(suite.compute(model, real, rng=rng, generation=generation))
+            extra = {"bias": bias} if suite.samples else {}
+            out.update(suite.compute(model, real, rng=rng, generation=generation, **extra))
     return out

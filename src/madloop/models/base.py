@@ -36,6 +36,8 @@ class FamilySpec:
 FAMILIES: dict[str, FamilySpec] = {}
 _BUILTIN_MODULES = (
     "madloop.models.gaussian",
+    "madloop.models.ddpm",
+    "madloop.models.vae",
     "madloop.models.gan",
     "madloop.models.flow",
     "madloop.models.categorical",
