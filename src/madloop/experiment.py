@@ -564,6 +564,9 @@ def write_parquet(frame: pd.DataFrame, path: Path) -> None:
 Progress = Callable[[str, int, int], None]  # (arm, generation, generations)
 
 
+Log = Callable[[str], None]
+
+
 def run(
     config: Any,
     *,
@@ -573,27 +576,52 @@ def run(
     replicates: int | None = None,
     progress: Progress | None = None,
     plots: bool = True,
+    resume: bool = False,
+    keep_checkpoints: int = 2,
+    checkpoint_every: int = 1,
+    log: Log | None = None,
 ) -> RunResult:
     """Run every arm of an experiment; return its tables, and write them to ``out`` if given.
 
-    ``config`` is a TOML path, a dict or an :class:`ExperimentConfig`.
+    ``config`` is a TOML path, a dict or an :class:`ExperimentConfig`. With ``out``, each arm is
+    checkpointed every ``checkpoint_every`` generations (and at its end) under
+    ``out/checkpoints/`` (see :mod:`madloop.checkpoint`), keeping the newest ``keep_checkpoints``.
+    ``resume=True`` continues each arm from its newest intact checkpoint (finished arms are not
+    recomputed) and gives the numbers of an uninterrupted run, bit for bit; without it, a run
+    directory that already holds checkpoints is refused. ``log`` receives notes (resumes,
+    rejected checkpoints, stopped chains).
     """
+    from madloop.checkpoint import run_has_checkpoints
+
     base, arms = parse(config, seed=seed, generations=generations, replicates=replicates)
+    problems = []
+    if keep_checkpoints < 1:
+        problems.append(f"--keep-checkpoints: must be >= 1, got {keep_checkpoints}")
+    if checkpoint_every < 1:
+        problems.append(f"--checkpoint-every: must be >= 1, got {checkpoint_every}")
+    if problems:
+        raise ConfigError(problems)
     started = time.time()
     out = Path(out) if out is not None else None
-    frames, prov, timings, modes = [], [], {}, {}
+    if out is not None and not resume and run_has_checkpoints(out):
+        raise ConfigError(
+            [
+                f"--out: {out} already holds the checkpoints of a run; pass --resume to continue "
+                "it, or give a new --out to start afresh"
+            ]
+        )
+    log = log or (lambda msg: None)
+    frames, prov, timings, modes, resumed, failures = [], [], {}, {}, {}, []
     for arm in arms:
         t0 = time.perf_counter()
-        loop = build_loop(arm)
+        loop, records, start = _run_arm(
+            arm, out, resume, keep_checkpoints, checkpoint_every, progress, log
+        )
         modes[arm.name] = "exact" if loop.exact else "sample"
-        records = []
-        T = arm.config.generations
-        for rec in loop.run(T):
-            records.append(rec)
-            if out is not None and rec.generation in gallery_generations(T):
-                write_gallery(loop, out, arm.name)
-            if progress is not None:
-                progress(arm.name, rec.generation, arm.config.generations)
+        if resume:
+            resumed[arm.name] = start
+        for r, (g, why) in sorted(loop.failed.items()):
+            failures.append({"arm": arm.name, "generation": g, "replicate": r, "reason": why})
         frames.append(records_to_frame(arm.name, records))
         prov.append(provenance_frame(arm.name, records))
         timings[arm.name] = round(time.perf_counter() - t0, 4)
@@ -611,11 +639,81 @@ def run(
         "command": " ".join(sys.argv),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "timings_s": {"arms": timings, "total": round(time.time() - started, 4)},
+        "failures": failures,
     }
+    if resume:
+        manifest["resumed_from"] = resumed
     result = RunResult(base, metrics, summary, provenance, manifest)
     if out is not None:
         write_run(result, Path(out), plots=plots)
     return result
+
+
+def _run_arm(
+    arm: Arm,
+    out: Path | None,
+    resume: bool,
+    keep: int,
+    every: int,
+    progress: Progress | None,
+    log: Log,
+) -> tuple[Loop, list[GenerationRecord], int]:
+    """One arm: restore it from its checkpoints if asked, run what is left, checkpoint it."""
+    from madloop.checkpoint import ArmCheckpoints, CheckpointError
+
+    loop = build_loop(arm)
+    T = arm.config.generations
+    records: list[GenerationRecord] = []
+    ckpt = None
+    if out is not None:
+        ckpt = ArmCheckpoints(
+            out / "checkpoints",
+            arm.name,
+            arm.config.to_dict(),
+            keep=keep,
+            log=log,
+            extra={"versions": _versions()},
+        )
+    if ckpt is not None and resume:
+        try:
+            restored = ckpt.restore(loop)
+        except CheckpointError as err:
+            raise ConfigError([f"--resume: {err}"]) from None
+        if restored is not None:
+            if restored.generation > T:
+                raise ConfigError(
+                    [
+                        f"generations: arm '{arm.name}' is already at generation "
+                        f"{restored.generation}; ask for >= {restored.generation} or use a new "
+                        "--out"
+                    ]
+                )
+            records = restored.records
+            done = restored.generation >= T or loop.stopped is not None
+            log(
+                f"arm '{arm.name}': finished at generation {restored.generation}; not recomputed"
+                if done
+                else f"arm '{arm.name}': resuming after generation {restored.generation}"
+            )
+            if progress is not None:
+                for rec in records:
+                    progress(arm.name, rec.generation, T)
+    start = loop.generation
+    for rec in loop.run(T):
+        records.append(rec)
+        for r, why in rec.failures.items():
+            log(f"arm '{arm.name}': chain {r} stopped at generation {rec.generation}: {why}")
+        if out is not None and rec.generation in gallery_generations(T):
+            if loop.stopped is None:
+                write_gallery(loop, out, arm.name)
+        if ckpt is not None:
+            ckpt.save_record(rec)
+            last = rec.generation >= T or loop.stopped is not None
+            if last or rec.generation % every == 0:
+                ckpt.save(loop, finished=last)
+        if progress is not None:
+            progress(arm.name, rec.generation, T)
+    return loop, records, start
 
 
 def write_run(result: RunResult, out: Path, *, plots: bool = True) -> None:
