@@ -3,6 +3,8 @@ subclass, so a new one brings its own validated fields without touching the expe
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import BaseModel, ConfigDict
 
 
@@ -18,6 +20,12 @@ class DataConfig(Section):
 
 class ModelConfig(Section):
     family: str
+    #: the fewest training points a fit accepts (validated for every generation of the loop)
+    min_train_size: ClassVar[int] = 1
+
+    def state_size(self, event_size: int) -> int | None:
+        """Floats of learned state per replicate, for ``madloop run --dry-run``; None: unknown."""
+        return None
 
     def bias_problem(self, bias: float) -> str | None:
         """Why ``sampling.bias`` is invalid for this family, or None. Default: λ in (0, 1]."""

@@ -251,19 +251,22 @@ def _loop_problems(loop: LoopConfig, model: ModelConfig | None) -> list[str]:
                 f"loop.initial_real_size: must be >= loop.real_size ({regime.n_real(1)}) for "
                 f"'synthetic-augmentation' (generation 1 includes the fixed real set), got {n_ini}"
             )
-    minimum = 2 if model is not None and model.family == "gaussian" else 1
+    minimum = getattr(model, "min_train_size", 1) if model is not None else 1
+    who = f"family '{model.family}'" if model is not None else "a fit"
     if n_ini < minimum:
         problems.append(
-            f"loop.initial_real_size: generation 1 trains on {n_ini} points; need >= {minimum} "
-            "(set loop.real_size + loop.synthetic_size or loop.initial_real_size higher)"
+            f"loop.initial_real_size: generation 1 trains on {n_ini} point(s); {who} needs >= "
+            f"{minimum} (set loop.real_size + loop.synthetic_size or loop.initial_real_size higher)"
         )
-    horizon = max(len(_sizes(loop.real_size)), len(_sizes(loop.synthetic_size))) + 1
-    for t in range(2, horizon + 1):
-        size = regime.n_synthetic(t) + (regime.n_real(t) if regime.uses_real_size else 0)
-        if loop.regime not in ("accumulate", "accumulate-subsample") and size < minimum:
+        return problems
+    from madloop.resources import iter_training_sizes
+
+    horizon = max(len(_sizes(loop.real_size)), len(_sizes(loop.synthetic_size))) + 2
+    for t, size, _ in iter_training_sizes(regime, horizon):
+        if t > 1 and size < minimum:
             problems.append(
-                f"loop: generation {t} trains on {size} points (real_size + synthetic_size); "
-                f"need >= {minimum}"
+                f"loop.synthetic_size: generation {t} trains on {size} point(s) (real_size + "
+                f"synthetic_size); {who} needs >= {minimum}"
             )
             break
     return problems
