@@ -254,8 +254,9 @@ def _loop_problems(loop: LoopConfig, model: ModelConfig | None) -> list[str]:
     minimum = getattr(model, "min_train_size", 1) if model is not None else 1
     who = f"family '{model.family}'" if model is not None else "a fit"
     if n_ini < minimum:
+        fname = "initial_real_size" if loop.initial_real_size is not None else "synthetic_size"
         problems.append(
-            f"loop.initial_real_size: generation 1 trains on {n_ini} point(s); {who} needs >= "
+            f"loop.{fname}: generation 1 trains on {n_ini} point(s); {who} needs >= "
             f"{minimum} (set loop.real_size + loop.synthetic_size or loop.initial_real_size higher)"
         )
         return problems
@@ -509,14 +510,16 @@ def summarize(metrics: pd.DataFrame, theory: pd.DataFrame | None = None) -> pd.D
         cols = keys + ["mean", "std_error", "median", "q05", "q95", "n", "theory"]
         return pd.DataFrame(columns=cols)
     g = metrics.groupby(keys, sort=False)["value"]
-    with np.errstate(invalid="ignore"):
+    # n counts the chains still running: a stopped chain reports NaN (see Loop.failed); ±inf
+    # values (log det of a singular fit) are reported as such
+    with np.errstate(invalid="ignore", over="ignore"):
         out = g.agg(
             mean="mean",
-            std_error=lambda v: v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else np.nan,
+            std_error=lambda v: v.std(ddof=1) / np.sqrt(v.count()) if v.count() > 1 else np.nan,
             median="median",
             q05=lambda v: v.quantile(0.05),
             q95=lambda v: v.quantile(0.95),
-            n="size",
+            n="count",
         ).reset_index()
     if theory is not None and not theory.empty:
         out = out.merge(theory, on=keys, how="left")
