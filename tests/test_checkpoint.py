@@ -79,7 +79,7 @@ def tiny_cfg(**over) -> dict:
                 "loop.real_size": 4,
                 "loop.synthetic_size": 6,
             },
-            {"name": "sub/../x y", "loop.regime": "accumulate-subsample", "loop.real_size": 2},
+            {"name": "sub x+y", "loop.regime": "accumulate-subsample", "loop.real_size": 2},
         ],
     }
     cfg.update(over)
@@ -160,7 +160,7 @@ def reference(tmp_path_factory) -> pd.DataFrame:
     return run(tiny_cfg(), plots=False).metrics
 
 
-def _crashed_run(out: Path, arm: str = "sub/../x y", at: int = 8, keep: int = 3) -> None:
+def _crashed_run(out: Path, arm: str = "sub x+y", at: int = 8, keep: int = 3) -> None:
     with pytest.raises(Crash):
         run(tiny_cfg(), out=out, plots=False, progress=crash_at(arm, at), keep_checkpoints=keep)
 
@@ -169,7 +169,7 @@ def _arm_dir(out: Path, arm: str) -> Path:
     return ArmCheckpoints(out / "checkpoints", arm, {}).dir
 
 
-@pytest.mark.parametrize("arm", ["base", "ex", "sub/../x y"])
+@pytest.mark.parametrize("arm", ["base", "ex", "sub x+y"])
 def test_crash_in_each_arm_resumes_bit_exact(tmp_path, reference, arm) -> None:
     _crashed_run(tmp_path, arm=arm, at=5)
     notes: list[str] = []
@@ -194,7 +194,7 @@ def test_corrupt_newest_checkpoint_falls_back_and_says_so(
     tmp_path, reference, target, damage
 ) -> None:
     _crashed_run(tmp_path)
-    gen_dir = _arm_dir(tmp_path, "sub/../x y") / "gen000008"
+    gen_dir = _arm_dir(tmp_path, "sub x+y") / "gen000008"
     path = gen_dir / target
     data = bytearray(path.read_bytes())
     if damage == "flip":
@@ -220,7 +220,7 @@ def test_corrupt_newest_checkpoint_falls_back_and_says_so(
 
 def test_corrupt_record_restarts_the_arm_from_scratch(tmp_path, reference) -> None:
     _crashed_run(tmp_path)
-    rec = _arm_dir(tmp_path, "sub/../x y") / "records" / "gen000002.npz"
+    rec = _arm_dir(tmp_path, "sub x+y") / "records" / "gen000002.npz"
     rec.write_bytes(rec.read_bytes()[:-7])
     notes: list[str] = []
     res = run(tiny_cfg(), out=tmp_path, plots=False, resume=True, log=notes.append)
@@ -268,7 +268,7 @@ def test_resume_may_extend_generations(tmp_path) -> None:
 @pytest.mark.parametrize("keep", [1, 3])
 def test_keep_checkpoints_bounds_disk(tmp_path, keep) -> None:
     run(tiny_cfg(), out=tmp_path, plots=False, keep_checkpoints=keep)
-    for arm in ("base", "ex", "sub/../x y"):
+    for arm in ("base", "ex", "sub x+y"):
         gens = sorted(p.name for p in _arm_dir(tmp_path, arm).glob("gen*"))
         assert gens == [f"gen{t:06d}" for t in range(12 - keep + 1, 13)]
         assert len(list((_arm_dir(tmp_path, arm) / "records").glob("*.npz"))) == 12

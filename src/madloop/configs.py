@@ -3,9 +3,11 @@ subclass, so a new one brings its own validated fields without touching the expe
 
 from __future__ import annotations
 
-from typing import ClassVar
+import re
+from pathlib import PurePosixPath
+from typing import Annotated, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
 
 class Section(BaseModel):
@@ -36,3 +38,51 @@ class ModelConfig(Section):
 
 class SamplingConfig(Section):
     bias: float = 1.0
+
+
+# -- names and paths that come from a config file --------------------------------------------------
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_name(value: str) -> str:
+    """A run or arm name: it becomes part of file names, so no path separators or control
+    characters, no leading dot or space, at most 100 characters."""
+    if not value:
+        raise ValueError("must not be empty")
+    if len(value) > 100:
+        raise ValueError(f"must be at most 100 characters (it has {len(value)})")
+    if "/" in value or "\\" in value or _CONTROL.search(value):
+        raise ValueError("must not contain '/', '\\' or control characters")
+    if value[0] in ". ":
+        raise ValueError("must not start with '.' or a space")
+    return value
+
+
+def check_run_path(value: str) -> str:
+    """A path written in a config file: relative, and inside the run directory once joined to it.
+
+    A config handed to you must not read or write elsewhere (``/etc/...``, ``~/.ssh``,
+    ``../../x``). Paths outside the run directory are given on the command line instead, where
+    the user typed them. Use the :data:`RunPath` type for such fields and
+    :func:`madloop.experiment.resolve_run_path` to open them (it also refuses symlinks that lead
+    out of the run directory).
+    """
+    text = str(value)
+    if not text or "\x00" in text:
+        raise ValueError("must be a non-empty path without NUL characters")
+    posix = text.replace("\\", "/")
+    if posix.startswith(("/", "~")) or re.match(r"^[A-Za-z]:", posix):
+        raise ValueError(
+            "must be a relative path inside the run directory; give a path outside it on the "
+            "command line"
+        )
+    if ".." in PurePosixPath(posix).parts:
+        raise ValueError(
+            "must stay inside the run directory ('..' is not allowed); give a path outside it "
+            "on the command line"
+        )
+    return text
+
+
+#: a config field holding a path: relative, inside the run directory (see :func:`check_run_path`)
+RunPath = Annotated[str, AfterValidator(check_run_path)]

@@ -23,13 +23,27 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+)
 
-from madloop.configs import DataConfig, ModelConfig, SamplingConfig, Section
+from madloop.configs import (
+    DataConfig,
+    ModelConfig,
+    SamplingConfig,
+    Section,
+    check_name,
+    check_run_path,
+)
 from madloop.data import build_source, load_sources
 from madloop.loop import GenerationRecord, Loop
 from madloop.models.base import build_model, load_families
@@ -57,7 +71,7 @@ class LoopConfig(Section):
 class _TopLevel(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    name: str = "experiment"
+    name: Annotated[str, AfterValidator(check_name)] = "experiment"
     seed: int = Field(0, ge=0, lt=2**63)
     generations: int = Field(10, ge=1, le=1_000_000)
     replicates: int = Field(1, ge=1, le=1_000_000)
@@ -279,6 +293,23 @@ def make_regime(loop: LoopConfig) -> Regime:
     return cls(**params)
 
 
+def resolve_run_path(run_dir: str | os.PathLike, value: str, *, field: str) -> Path:
+    """The file a config's path field names, inside ``run_dir``; raises :class:`ConfigError`
+    (naming ``field``) when it is absolute, climbs out with '..', or leads out through a symlink.
+    A path given on the command line is the user's own: open it directly, without this check."""
+    try:
+        check_run_path(value)
+    except ValueError as err:
+        raise ConfigError([f"{field}: {err}, got {value!r}"]) from None
+    root = Path(run_dir).resolve()
+    path = (root / value).resolve()
+    if not path.is_relative_to(root):
+        raise ConfigError(
+            [f"{field}: {value!r} leads out of the run directory {root} (through a symlink)"]
+        )
+    return path
+
+
 # -- arms -----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Arm:
@@ -310,6 +341,11 @@ def resolve_arms(config: ExperimentConfig | Mapping[str, Any]) -> list[Arm]:
             problems.append(f"arms[{i}].name: every arm needs a non-empty name")
             continue
         name = arm["name"]
+        try:
+            check_name(name)
+        except ValueError as err:
+            problems.append(f"arms[{i}].name: {err}, got {name!r}")
+            continue
         if name in seen:
             problems.append(f"arms[{i}].name: duplicate arm name {name!r}")
             continue

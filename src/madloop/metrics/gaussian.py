@@ -74,7 +74,7 @@ def _solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     try:
         return np.linalg.solve(a, b)
     except np.linalg.LinAlgError:
-        out = np.empty(np.broadcast_shapes(a.shape[:-1], b.shape[:-2] + (a.shape[-1],)) + b.shape[-1:])
+        out = np.empty(b.shape)  # (R, d, k): a is (R, d, d)
         for i in range(a.shape[0]):
             try:
                 out[i] = np.linalg.solve(a[i], b[i])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -81,8 +82,26 @@ def load_families() -> dict[str, FamilySpec]:
             except ImportError:  # an optional extra (torch, ...) is missing
                 pass
         for ep in entry_points(group="madloop.families"):
-            spec = ep.load()
-            register_family(spec() if callable(spec) and not isinstance(spec, FamilySpec) else spec)
+            try:
+                spec = ep.load()
+                spec = spec() if callable(spec) and not isinstance(spec, FamilySpec) else spec
+            except Exception as err:  # a broken plugin must not break every config
+                warnings.warn(
+                    f"madloop.families entry point {ep.name!r} ({ep.value}) failed to load: "
+                    f"{type(err).__name__}: {err}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                continue
+            if not isinstance(spec, FamilySpec):
+                warnings.warn(
+                    f"madloop.families entry point {ep.name!r} gave {type(spec).__name__}, "
+                    "not a FamilySpec; ignored",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                continue
+            register_family(spec)
     return FAMILIES
 
 
