@@ -214,7 +214,7 @@ def test_corrupt_newest_checkpoint_falls_back_and_says_so(
     if target == "index.json":
         why = "index.json"
     assert why in rejected[0]
-    assert "arm 'sub/../x y': resuming after generation 7" in notes
+    assert "arm 'sub x+y': resuming after generation 7" in notes
     pd.testing.assert_frame_equal(res.metrics, reference, check_exact=True)
 
 
