@@ -137,9 +137,11 @@ def _nest_dotted(table: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in table.items():
         node = out
-        parts = key.split(".")
+        parts = str(key).split(".")
         for p in parts[:-1]:
-            node = node.setdefault(p, {})
+            if not isinstance(node.get(p), dict):  # "loop.x" next to a non-table "loop"
+                node[p] = {}
+            node = node[p]
         if isinstance(value, Mapping):
             value = _nest_dotted(value)
         if isinstance(node.get(parts[-1]), dict) and isinstance(value, dict):
@@ -336,7 +338,11 @@ def resolve_arms(config: ExperimentConfig | Mapping[str, Any]) -> list[Arm]:
     if base is not None and base.include_base:
         arms.append(Arm("base", base))
     seen = {"base"} if arms else set()
-    for i, arm in enumerate(raw.get("arms", []) or []):
+    arm_list = raw.get("arms", []) or []
+    if not isinstance(arm_list, list):
+        problems.append(f"arms: must be an array of tables ([[arms]]), got {arm_list!r}")
+        arm_list = []
+    for i, arm in enumerate(arm_list):
         if not isinstance(arm, Mapping) or not isinstance(arm.get("name"), str) or not arm["name"]:
             problems.append(f"arms[{i}].name: every arm needs a non-empty name")
             continue
@@ -358,10 +364,10 @@ def resolve_arms(config: ExperimentConfig | Mapping[str, Any]) -> list[Arm]:
         merged = deep_merge(base_raw, overrides)
         for section, key in (("model", "family"), ("data", "source"), ("loop", "regime")):
             # switching family/source/regime drops the base's fields that belong to the old one
-            if key in overrides.get(section, {}) and overrides[section][key] != base_raw.get(
-                section, {}
-            ).get(key):
-                merged[section] = overrides[section]
+            over, under = overrides.get(section), base_raw.get(section)
+            if isinstance(over, Mapping) and key in over:
+                if not isinstance(under, Mapping) or over[key] != under.get(key):
+                    merged[section] = over
         try:
             arms.append(Arm(name, validate(merged, arm=name)))
         except ConfigError as err:
@@ -383,9 +389,13 @@ def load_config(source: str | os.PathLike | Mapping[str, Any] | ExperimentConfig
     if not path.exists():
         raise ConfigError([f"{path}: no such config file"])
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise ConfigError([f"{path}: not valid TOML: {err}"]) from None
+    except UnicodeDecodeError as err:
+        raise ConfigError([f"{path}: not a UTF-8 text file ({err.reason})"]) from None
+    except OSError as err:
+        raise ConfigError([f"{path}: cannot be read ({err.strerror or err})"]) from None
 
 
 def parse(source: Any, **overrides: Any) -> tuple[ExperimentConfig, list[Arm]]:

@@ -206,6 +206,12 @@ class Loop:
         return Points.concat(batches)
 
     def _draw(self, part: Draw, rng: np.random.Generator, t: int) -> Batch:
+        if part.size == 0:  # an empty batch (real_size = 0): the union drops it
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return self._draw_batch(part, rng, t)
+        return self._draw_batch(part, rng, t)
+
+    def _draw_batch(self, part: Draw, rng: np.random.Generator, t: int) -> Batch:
         R = self.replicates
         from_real = part.source == "real" or t == 1  # generation 0's "model" is the real law
         source, origin = (REAL, 0) if from_real else (SYNTHETIC, t - 1)
