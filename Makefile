@@ -21,6 +21,7 @@ $(VENV)/.installed: $(VENV)/.core pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
+	rm -rf runs/demo/checkpoints  # a fresh demo each time (a kept run dir is resumed, not redone)
 	$(VENV)/bin/madloop run examples/mad-gaussian.toml --out runs/demo
 
 test: $(VENV)/.installed

@@ -332,3 +332,24 @@ def test_config_mismatch_is_a_checkpoint_error(tmp_path) -> None:
     other = ArmCheckpoints(tmp_path, "base", {**arms[0].config.to_dict(), "seed": 6})
     with pytest.raises(CheckpointError, match="seed"):
         other.restore(build_loop(arms[0]))
+
+
+def test_a_run_directory_in_use_is_refused(tmp_path) -> None:
+    from madloop.checkpoint import RunLock
+
+    with RunLock(tmp_path):
+        with pytest.raises(ConfigError, match=f"another madloop run \\(pid {os.getpid()}\\)"):
+            run(tiny_cfg(), out=tmp_path, plots=False)
+    run(tiny_cfg(generations=2), out=tmp_path, plots=False)  # free again once released
+
+
+def test_resume_under_other_versions_says_so(tmp_path, reference, monkeypatch) -> None:
+    import madloop.experiment as ex
+
+    _crashed_run(tmp_path)
+    real = ex._versions()
+    monkeypatch.setattr(ex, "_versions", lambda: {**real, "numpy": "0.0-other"})
+    notes: list[str] = []
+    res = run(tiny_cfg(), out=tmp_path, plots=False, resume=True, log=notes.append)
+    assert any(f"numpy {real['numpy']} -> 0.0-other" in n for n in notes), notes
+    pd.testing.assert_frame_equal(res.metrics, reference, check_exact=True)

@@ -345,16 +345,30 @@ class ArmCheckpoints:
                 then = f"falling back to {nxt}" if nxt else "starting the arm from generation 0"
                 self.log(f"arm '{self.arm}': checkpoint {gen_dir.name} rejected: {err}; {then}")
                 continue
+            # more generations may be asked of a resumed run; names and which arms run do not
+            # change an arm's numbers
             diff = [
                 k
                 for k in config_diff(index["config"], self.config)
-                if k != "generations"  # more generations may be asked of a resumed run
+                if k not in ("generations", "name", "include_base")
             ]
             if diff:
                 raise CheckpointError(
                     f"arm '{self.arm}': the checkpoints in {self.dir} were made with another "
                     f"config (differs in: {', '.join(diff)}); resume with the same config or "
                     "start a new run with another --out"
+                )
+            then, now = index.get("versions"), self.extra.get("versions")
+            if then and now and then != now:
+                changed = ", ".join(
+                    f"{k} {then.get(k)} -> {now.get(k)}"
+                    for k in sorted(set(then) | set(now))
+                    if then.get(k) != now.get(k)
+                )
+                self.log(
+                    f"arm '{self.arm}': checkpoint {gen_dir.name} was written with other "
+                    f"versions ({changed}); the resumed numbers may differ from an "
+                    "uninterrupted run's"
                 )
             self._apply(loop, index, blobs)
             records = [
@@ -383,3 +397,37 @@ class ArmCheckpoints:
 def run_has_checkpoints(out: Path) -> bool:
     root = Path(out) / "checkpoints"
     return root.is_dir() and any(root.glob("*/gen*/index.json"))
+
+
+class RunLock:
+    """An exclusive lock on a run directory for as long as a run writes it (``flock``: released
+    by the kernel when the process dies, so a crash never leaves a stale lock)."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = Path(out) / ".madloop.lock"
+        self.fh: Any = None
+
+    def __enter__(self) -> RunLock:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(self.path, "a+")
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.fh.seek(0)
+            holder = self.fh.read().strip() or "another process"
+            self.fh.close()
+            raise CheckpointError(
+                f"{self.path.parent} is being written by another madloop run ({holder}); "
+                "wait for it or choose another --out"
+            ) from None
+        self.fh.seek(0)
+        self.fh.truncate()
+        self.fh.write(f"pid {os.getpid()}")
+        self.fh.flush()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fh is not None:
+            self.fh.close()  # closing releases the lock

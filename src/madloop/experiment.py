@@ -9,6 +9,7 @@ at once, one line each, naming the field, the value and the fix.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import json
@@ -663,6 +664,33 @@ def run(
             ]
         )
     log = log or (lambda msg: None)
+    with contextlib.ExitStack() as stack:
+        if out is not None:
+            from madloop.checkpoint import CheckpointError, RunLock
+
+            try:
+                stack.enter_context(RunLock(out))
+            except CheckpointError as err:
+                raise ConfigError([f"--out: {err}"]) from None
+        result = _run_arms(
+            base, arms, out, started, resume, keep_checkpoints, checkpoint_every, progress, log
+        )
+        if out is not None:
+            write_run(result, Path(out), plots=plots)
+    return result
+
+
+def _run_arms(
+    base: ExperimentConfig,
+    arms: list[Arm],
+    out: Path | None,
+    started: float,
+    resume: bool,
+    keep_checkpoints: int,
+    checkpoint_every: int,
+    progress: Progress | None,
+    log: Log,
+) -> RunResult:
     frames, prov, timings, modes, resumed, failures = [], [], {}, {}, {}, []
     for arm in arms:
         t0 = time.perf_counter()
@@ -695,10 +723,7 @@ def run(
     }
     if resume:
         manifest["resumed_from"] = resumed
-    result = RunResult(base, metrics, summary, provenance, manifest)
-    if out is not None:
-        write_run(result, Path(out), plots=plots)
-    return result
+    return RunResult(base, metrics, summary, provenance, manifest)
 
 
 def _run_arm(
