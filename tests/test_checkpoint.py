@@ -353,3 +353,12 @@ def test_resume_under_other_versions_says_so(tmp_path, reference, monkeypatch) -
     res = run(tiny_cfg(), out=tmp_path, plots=False, resume=True, log=notes.append)
     assert any(f"numpy {real['numpy']} -> 0.0-other" in n for n in notes), notes
     pd.testing.assert_frame_equal(res.metrics, reference, check_exact=True)
+
+
+def test_out_that_is_a_file_is_a_clean_error(tmp_path) -> None:
+    cfg, target = tmp_path / "c.toml", tmp_path / "file"
+    cfg.write_text(SLOW_CFG.replace("generations = 40", "generations = 2"))
+    target.write_text("not a directory")
+    res = CliRunner().invoke(app, ["run", str(cfg), "--out", str(target), "-q"])
+    assert res.exit_code == 2 and "cannot be used as a run directory" in res.output
+    assert target.read_text() == "not a directory"
