@@ -389,3 +389,45 @@ def test_cli_notes_stopped_chains(tmp_path) -> None:
     assert "chain 2 stopped at generation 2: non-finite fitted state 'mean'" in " ".join(
         res.output.split()
     )
+
+
+class StatelessConfig(ModelConfig):
+    family: Literal["stateless"] = "stateless"
+
+
+class Stateless:
+    """PointMass without get_state / set_state (outside the checkpoint contract)."""
+
+    def __init__(self) -> None:
+        self.inner = PointMass(1)
+
+    def fit_points(self, points, *, rng):
+        self.inner.fit_points(points, rng=rng)
+        return self
+
+    def sample_points(self, n, *, bias, rng):
+        return self.inner.sample_points(n, bias=bias, rng=rng)
+
+    def moments(self):
+        return self.inner.moments()
+
+
+def test_family_without_get_state_runs_uncheckpointed(tmp_path) -> None:
+    register_family(
+        FamilySpec("stateless", StatelessConfig, lambda c, *, replicates, real: Stateless())
+    )
+    try:
+        config = {
+            "generations": 3,
+            "replicates": 2,
+            "data": {"source": "gaussian", "dim": 2},
+            "model": {"family": "stateless"},
+            "loop": {"synthetic_size": 4},
+        }
+        notes: list[str] = []
+        res = run(config, out=tmp_path, plots=False, log=notes.append)
+        assert len(res.metrics) == 3 * 2 * 5
+        assert notes == ["arm 'base': family 'stateless' has no get_state(); not checkpointed"]
+        assert not (tmp_path / "checkpoints").exists()
+    finally:
+        FAMILIES.pop("stateless", None)

@@ -751,6 +751,12 @@ def _run_arm(
             log=log,
             extra={"versions": _versions()},
         )
+    if ckpt is not None and not hasattr(loop.model, "get_state"):
+        log(
+            f"arm '{arm.name}': family '{arm.config.model.family}' has no get_state(); "
+            "not checkpointed"
+        )
+        ckpt = None
     if ckpt is not None and resume:
         try:
             restored = ckpt.restore(loop)

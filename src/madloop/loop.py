@@ -156,6 +156,8 @@ class Loop:
         masked as NaN from then on); a non-finite shared array stops every chain.
         """
         R = self.replicates
+        if not hasattr(self.model, "get_state"):  # outside the checkpoint contract: only FitFailed
+            return {}
         state = self.model.get_state()
         bad: dict[int, str] = {}
         for key, arr in state.items():
