@@ -189,8 +189,13 @@ neural = pytest.mark.skipif(
 
 
 @neural
-@pytest.mark.slow
-@pytest.mark.parametrize("family, path", NEURAL or [("none", Path())])
+@pytest.mark.parametrize(
+    "family, path",
+    [  # the first family in the default run (seconds), the others with the slow tests
+        pytest.param(*fp, marks=[pytest.mark.slow] if i else [])
+        for i, fp in enumerate(NEURAL or [("none", Path())])
+    ],
+)
 def test_neural_family_resumes_bit_exact(tmp_path, family, path) -> None:
     import torch
 
