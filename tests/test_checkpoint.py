@@ -362,3 +362,16 @@ def test_out_that_is_a_file_is_a_clean_error(tmp_path) -> None:
     res = CliRunner().invoke(app, ["run", str(cfg), "--out", str(target), "-q"])
     assert res.exit_code == 2 and "cannot be used as a run directory" in res.output
     assert target.read_text() == "not a directory"
+
+
+def test_python_default_starts_afresh_and_false_refuses(tmp_path, reference) -> None:
+    _crashed_run(tmp_path)
+    with pytest.raises(ConfigError, match="pass --resume"):
+        run(tiny_cfg(), out=tmp_path, plots=False, resume=False)
+    res = run(tiny_cfg(), out=tmp_path, plots=False)  # default: a fresh run replaces them
+    pd.testing.assert_frame_equal(res.metrics, reference, check_exact=True)
+    assert "resumed_from" not in res.manifest
+    assert sorted(p.name for p in _arm_dir(tmp_path, "base").glob("gen*")) == [
+        "gen000011",
+        "gen000012",
+    ]

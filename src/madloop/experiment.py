@@ -15,6 +15,7 @@ import difflib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -629,7 +630,7 @@ def run(
     replicates: int | None = None,
     progress: Progress | None = None,
     plots: bool = True,
-    resume: bool = False,
+    resume: bool | None = None,
     keep_checkpoints: int = 2,
     checkpoint_every: int = 1,
     log: Log | None = None,
@@ -640,8 +641,9 @@ def run(
     checkpointed every ``checkpoint_every`` generations (and at its end) under
     ``out/checkpoints/`` (see :mod:`madloop.checkpoint`), keeping the newest ``keep_checkpoints``.
     ``resume=True`` continues each arm from its newest intact checkpoint (finished arms are not
-    recomputed) and gives the numbers of an uninterrupted run, bit for bit; without it, a run
-    directory that already holds checkpoints is refused. ``log`` receives notes (resumes,
+    recomputed) and gives the numbers of an uninterrupted run, bit for bit; ``resume=False`` (what
+    ``madloop run`` passes without ``--resume``) refuses a run directory that already holds
+    checkpoints; ``None`` starts afresh, removing them. ``log`` receives notes (resumes,
     rejected checkpoints, stopped chains).
     """
     from madloop.checkpoint import run_has_checkpoints
@@ -656,7 +658,7 @@ def run(
         raise ConfigError(problems)
     started = time.time()
     out = Path(out) if out is not None else None
-    if out is not None and not resume and run_has_checkpoints(out):
+    if out is not None and resume is False and run_has_checkpoints(out):
         raise ConfigError(
             [
                 f"--out: {out} already holds the checkpoints of a run; pass --resume to continue "
@@ -672,6 +674,8 @@ def run(
                 stack.enter_context(RunLock(out))
             except CheckpointError as err:
                 raise ConfigError([f"--out: {err}"]) from None
+            if resume is None:  # a fresh run: old checkpoints must never mix with new ones
+                shutil.rmtree(out / "checkpoints", ignore_errors=True)
         result = _run_arms(
             base, arms, out, started, resume, keep_checkpoints, checkpoint_every, progress, log
         )
@@ -685,7 +689,7 @@ def _run_arms(
     arms: list[Arm],
     out: Path | None,
     started: float,
-    resume: bool,
+    resume: bool | None,
     keep_checkpoints: int,
     checkpoint_every: int,
     progress: Progress | None,
@@ -729,7 +733,7 @@ def _run_arms(
 def _run_arm(
     arm: Arm,
     out: Path | None,
-    resume: bool,
+    resume: bool | None,
     keep: int,
     every: int,
     progress: Progress | None,
