@@ -375,3 +375,25 @@ def test_python_default_starts_afresh_and_false_refuses(tmp_path, reference) -> 
         "gen000011",
         "gen000012",
     ]
+
+
+def test_other_batch_types_round_trip_generically() -> None:
+    """Another family's sufficient statistics (e.g. counts) are dataclasses of arrays: encoded
+    field by field and rebuilt only if the type is one of madloop's own."""
+    from madloop.checkpoint import decode_dataclass, encode_dataclass
+
+    s = Stats(
+        np.array([4, 5]),
+        np.ones((2, 3)),
+        np.tril(np.ones((2, 3, 3))),
+        {(0, 0): np.array([2, 2]), (1, 3): np.array([2, 3])},
+    )
+    arrays: dict[str, np.ndarray] = {}
+    meta = json.loads(json.dumps(encode_dataclass(s, "k0/", arrays)))
+    back = decode_dataclass(meta, "k0/", load_npz(npz_bytes(arrays)))
+    assert isinstance(back, Stats) and back.provenance.keys() == s.provenance.keys()
+    np.testing.assert_array_equal(back.factor, s.factor)
+    np.testing.assert_array_equal(back.provenance[(1, 3)], [2, 3])
+    for bad in ("os:system", "builtins:dict", "madloop.types:np.ndarray"):
+        with pytest.raises(CheckpointError):
+            decode_dataclass({**meta, "type": bad}, "k0/", arrays)

@@ -32,7 +32,9 @@ Families get a fresh generator per call by contract (stateful ones keep what the
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import importlib
 import io
 import json
 import os
@@ -112,6 +114,9 @@ def encode_kept(kept: Mapping[str, Points | Stats]) -> tuple[dict[str, np.ndarra
             arrays[p + "prov_counts"] = np.asarray([np.asarray(batch.provenance[k]) for k in keys])
             meta.append({"name": name, "kind": "stats"})
             continue
+        if not isinstance(batch, Points):  # another family's sufficient statistics (Counts...)
+            meta.append({"name": name, **encode_dataclass(batch, p, arrays)})
+            continue
         arrays |= {p + "X": batch.X, p + "source": batch.source, p + "origin": batch.origin}
         if batch.y is not None:
             arrays[p + "y"] = batch.y
@@ -129,6 +134,9 @@ def decode_kept(arrays: Mapping[str, np.ndarray], meta: list[dict]) -> dict[str,
     out: dict[str, Points | Stats] = {}
     for i, item in enumerate(meta):
         p = f"k{i}/"
+        if item["kind"] == "dataclass":
+            out[item["name"]] = decode_dataclass(item, p, arrays)
+            continue
         if item["kind"] == "stats":
             keys = arrays[p + "prov_keys"]
             counts = arrays[p + "prov_counts"]
@@ -151,6 +159,49 @@ def decode_kept(arrays: Mapping[str, np.ndarray], meta: list[dict]) -> dict[str,
             frame,
         )
     return out
+
+
+def encode_dataclass(batch: Any, prefix: str, arrays: dict[str, np.ndarray]) -> dict:
+    """A batch type of madloop's own (a dataclass of arrays, None and provenance-like dicts with
+    integer-tuple keys) -> arrays under ``prefix`` and a JSON description."""
+    cls = type(batch)
+    if not dataclasses.is_dataclass(batch) or not cls.__module__.startswith("madloop."):
+        raise CheckpointError(f"cannot checkpoint a kept batch of type {cls.__qualname__}")
+    fields = {}
+    for f in dataclasses.fields(batch):
+        value = getattr(batch, f.name)
+        if value is None:
+            fields[f.name] = "none"
+        elif isinstance(value, dict):
+            keys = sorted(value)
+            width = len(keys[0]) if keys else 0
+            arrays[f"{prefix}{f.name}/keys"] = np.asarray(keys, dtype=np.int64).reshape(-1, width)
+            arrays[f"{prefix}{f.name}/values"] = np.asarray([np.asarray(value[k]) for k in keys])
+            fields[f.name] = "dict"
+        else:
+            arrays[prefix + f.name] = np.asarray(value)
+            fields[f.name] = "array"
+    return {"kind": "dataclass", "type": f"{cls.__module__}:{cls.__qualname__}", "fields": fields}
+
+
+def decode_dataclass(item: Mapping[str, Any], prefix: str, arrays: Mapping) -> Any:
+    """The inverse of :func:`encode_dataclass`; only dataclasses of madloop's own modules."""
+    module, _, qualname = str(item["type"]).partition(":")
+    if not module.startswith("madloop.") or "." in qualname:
+        raise CheckpointError(f"kept batch type {item['type']!r} is not one of madloop's")
+    cls = getattr(importlib.import_module(module), qualname, None)
+    if cls is None or not dataclasses.is_dataclass(cls):
+        raise CheckpointError(f"kept batch type {item['type']!r} is not one of madloop's")
+    kwargs: dict[str, Any] = {}
+    for name, kind in item["fields"].items():
+        if kind == "none":
+            kwargs[name] = None
+        elif kind == "dict":
+            keys, values = arrays[f"{prefix}{name}/keys"], arrays[f"{prefix}{name}/values"]
+            kwargs[name] = {tuple(int(x) for x in k): values[i] for i, k in enumerate(keys)}
+        else:
+            kwargs[name] = arrays[prefix + name]
+    return cls(**kwargs)
 
 
 def encode_record(rec: GenerationRecord) -> dict[str, np.ndarray]:
