@@ -21,8 +21,7 @@ $(VENV)/.installed: $(VENV)/.core pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	rm -rf runs/demo/checkpoints  # a fresh demo each time (a kept run dir is resumed, not redone)
-	$(VENV)/bin/madloop run examples/mad-gaussian.toml --out runs/demo
+	$(VENV)/bin/madloop demo --out runs/demo
 
 test: $(VENV)/.installed
 	RAY_USAGE_STATS_ENABLED=0 $(PY) -m pytest -n 2

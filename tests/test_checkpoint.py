@@ -397,3 +397,39 @@ def test_other_batch_types_round_trip_generically() -> None:
     for bad in ("os:system", "builtins:dict", "madloop.types:np.ndarray"):
         with pytest.raises(CheckpointError):
             decode_dataclass({**meta, "type": bad}, "k0/", arrays)
+
+
+def test_npz_keeps_memory_layout() -> None:
+    """Batched matmul rounds differently on BLAS and non-BLAS paths, chosen by strides: a
+    restored array must have the strides of the saved one (views, broadcasts, F order)."""
+    rng = np.random.default_rng(1)
+    base = rng.standard_normal((4, 3, 5))
+    cases = {
+        "c": base,
+        "f": np.asfortranarray(base),
+        "swapped": np.swapaxes(base, 1, 2),
+        "broadcast": np.broadcast_to(base[0], (4, 3, 5)),
+        "broadcast_t": np.broadcast_to(base[0].T, (6, 5, 3)),
+        "scalar": np.array(2.5),
+    }
+    back = load_npz(npz_bytes(cases))
+    assert back.keys() == cases.keys()
+    for k, a in cases.items():
+        np.testing.assert_array_equal(back[k], a)
+        assert back[k].strides == a.strides, k
+    x = np.swapaxes(rng.standard_normal((50, 6, 6)), 1, 2)
+    y = rng.standard_normal((50, 6, 40))
+    assert np.array_equal(load_npz(npz_bytes({"x": x}))["x"] @ y, x @ y)
+
+
+@pytest.mark.parametrize("at", [1, 2])
+@pytest.mark.parametrize("mode", ["sample", "exact"])
+def test_crash_early_with_a_fixed_real_set(tmp_path, at, mode) -> None:
+    cfg = tiny_cfg(generations=5, arms=[])
+    cfg["model"]["mode"] = mode
+    cfg["loop"] = {"regime": "synthetic-augmentation", "real_size": 5, "synthetic_size": 4}
+    ref = run(cfg, plots=False).metrics
+    with pytest.raises(Crash):
+        run(cfg, out=tmp_path, plots=False, progress=crash_at("base", at))
+    res = run(cfg, out=tmp_path, plots=False, resume=True)
+    pd.testing.assert_frame_equal(res.metrics, ref, check_exact=True)

@@ -75,15 +75,52 @@ def _write(path: Path, data: bytes, *, fsync: bool = True) -> None:
     os.replace(tmp, path)
 
 
+_LAYOUT = "__layout__/"
+
+
 def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """Arrays -> .npz bytes, memory layout included.
+
+    Layout matters for bit-exact resumes: numpy's batched matmul takes a BLAS path or its own
+    loop depending on strides, and the two round differently. So an array stored as a transposed
+    view or a broadcast (stride 0) comes back as the same kind of view (see :func:`load_npz`).
+    """
+    out: dict[str, np.ndarray] = {}
+    for key, value in arrays.items():
+        a = np.asarray(value)
+        if key.startswith(_LAYOUT):
+            raise ValueError(f"array names starting with {_LAYOUT!r} are reserved, got {key!r}")
+        if a.ndim < 2 or a.flags.c_contiguous or a.flags.f_contiguous:
+            out[key] = a
+            continue
+        strides = np.asarray(a.strides)
+        broadcast = strides == 0
+        core = a[tuple(slice(0, 1) if b else slice(None) for b in broadcast)]
+        order = np.argsort(-np.abs(np.asarray(core.strides)), kind="stable")
+        out[key] = np.ascontiguousarray(core.transpose(order))
+        out[_LAYOUT + key] = np.concatenate([order, broadcast.astype(np.int64), a.shape])
     buf = io.BytesIO()
-    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    np.savez(buf, **out)
     return buf.getvalue()
 
 
 def load_npz(data: bytes) -> dict[str, np.ndarray]:
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        return {k: npz[k] for k in npz.files}
+        raw = {k: npz[k] for k in npz.files}
+    out = {k: v for k, v in raw.items() if not k.startswith(_LAYOUT)}
+    for key, layout in raw.items():
+        if not key.startswith(_LAYOUT):
+            continue
+        name = key[len(_LAYOUT) :]
+        n = layout.size // 3
+        order, broadcast, shape = (
+            layout[:n],
+            layout[n : 2 * n],
+            tuple(int(x) for x in layout[2 * n :]),
+        )
+        a = out[name].transpose(np.argsort(order))
+        out[name] = np.broadcast_to(a, shape) if broadcast.any() else a
+    return out
 
 
 def _canonical(obj: Any) -> bytes:

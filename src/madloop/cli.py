@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -28,8 +30,23 @@ console = Console()
 
 def fail(problems: list[str], code: int = 2) -> None:
     for line in problems:
-        err.print(f"[red]error[/red]: {line}", markup=True, highlight=False, soft_wrap=True)
+        err.print(f"[red]error[/red]: {escape(line)}", markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def note_exact_fallback(arms: list) -> None:
+    """Say which arms ask for ``exact`` but run in ``sample`` (their regime has no exact law)."""
+    from madloop.regimes import REGIMES
+
+    for arm in arms:
+        c = arm.config
+        if getattr(c.model, "mode", None) == "exact" and not REGIMES[c.loop.regime].exact:
+            err.print(
+                f"note: arm {escape(arm.name)}: regime '{c.loop.regime}' has no exact simulation "
+                "(a subsample is not a function of sufficient statistics); it runs in sample mode",
+                highlight=False,
+                soft_wrap=True,
+            )
 
 
 ConfigArg = Annotated[Path, typer.Argument(help="Experiment config (TOML).", show_default=False)]
@@ -66,6 +83,7 @@ def run_cmd(
     except ConfigError as e:
         fail(e.problems)
     out = out or Path("runs") / base.name
+    note_exact_fallback(arms)
     estimate = resources.estimate(arms, keep_checkpoints=keep_checkpoints)
     if dry_run:
         for line in estimate.lines():
@@ -116,12 +134,17 @@ def run_cmd(
         except ConfigError as e:
             fail(e.problems)
     last = result.summary[result.summary["generation"] == result.summary["generation"].max()]
-    table = Table(title=f"{base.name}: generation {int(last['generation'].max())}", box=None)
+    title = f"generation {int(last['generation'].max())}" if len(last) else "no metric applies"
+    table = Table(title=f"{base.name}: {title}", box=None)
     for col in ("arm", "metric", "mean", "std_error", "theory"):
         table.add_column(col, justify="left" if col in ("arm", "metric") else "right")
     for row in last.itertuples():
         table.add_row(
-            row.arm, row.metric, f"{row.mean:.4g}", f"{row.std_error:.2g}", f"{row.theory:.4g}"
+            row.arm,
+            row.metric,
+            f"{row.mean:.4g}",
+            f"{row.std_error:.2g}",
+            "-" if np.isnan(row.theory) else f"{row.theory:.4g}",
         )
     if not quiet:
         console.print(table)
@@ -147,6 +170,10 @@ def theory_cmd(
         return
     wide = frame.pivot_table(index=["arm", "generation"], columns="metric", values="theory")
     wide = wide.reset_index()
+    order = {a.name: i for i, a in enumerate(arms)}  # arms in config order, not alphabetical
+    wide = wide.sort_values(
+        ["arm", "generation"], key=lambda c: c.map(order) if c.name == "arm" else c
+    )
     T = int(wide["generation"].max())
     step = every or max(1, T // 10)
     keep = (wide["generation"] % step == 0) | (wide["generation"] == 1) | (wide["generation"] == T)
@@ -154,8 +181,59 @@ def theory_cmd(
     for col in wide.columns:
         table.add_column(str(col), justify="right")
     for row in wide[keep].itertuples(index=False):
-        table.add_row(*(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row))
+        table.add_row(
+            *(("-" if np.isnan(v) else f"{v:.6g}") if isinstance(v, float) else str(v) for v in row)
+        )
     console.print(table)
+
+
+@app.command("report")
+def report_cmd(
+    directory: Annotated[
+        Path,
+        typer.Argument(help="A run or sweep directory, or a folder of them.", show_default=False),
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="HTML file [default: DIR/report.html].")
+    ] = None,
+    figures: Annotated[
+        Path | None, typer.Option(help="Also write every figure as a PNG into this folder.")
+    ] = None,
+    k: Annotated[
+        float | None,
+        typer.Option("--k", help="Flag departures from theory beyond k standard errors."),
+    ] = None,
+) -> None:
+    """Write one self-contained HTML page (figures inline, no network) for DIRECTORY."""
+    from madloop.report.html import ReportError, build_report
+
+    try:
+        path = build_report(directory, out, figures=figures, cutoff=k)
+    except ReportError as e:
+        fail([str(e)])
+    console.print(f"wrote {path}")
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Demo folder.")] = Path("runs/demo"),
+    quick: Annotated[bool, typer.Option(help="Tiny sizes (for tests): seconds, not minutes.")] = (
+        False
+    ),
+    image_generations: Annotated[
+        int, typer.Option(min=1, help="Generations of the image loop (when it runs).")
+    ] = 4,
+) -> None:
+    """Run the flagship study (each part whose modules exist) and write OUT/report.html."""
+    from madloop.demo import run_demo
+
+    report = run_demo(
+        out,
+        quick=quick,
+        image_generations=image_generations,
+        echo=lambda line: err.print(line, highlight=False, markup=False),
+    )
+    console.print(str(report), highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command("validate")
@@ -167,6 +245,7 @@ def validate_cmd(config: ConfigArg) -> None:
         _, arms = parse(config)
     except ConfigError as e:
         fail(e.problems)
+    note_exact_fallback(arms)
     for arm in arms:
         c = arm.config
         console.print(

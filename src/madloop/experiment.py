@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import typing
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -104,8 +105,43 @@ def _suggest(key: str, options: Iterable[str]) -> str:
     return f"; did you mean '{match[0]}'?" if match else ""
 
 
+_PLAIN = {  # pydantic error type -> the plain phrase we print
+    "int_parsing": "must be an integer",
+    "int_type": "must be an integer",
+    "int_from_float": "must be an integer",
+    "float_parsing": "must be a number",
+    "float_type": "must be a number",
+    "finite_number": "must be finite",
+    "bool_parsing": "must be true or false",
+    "bool_type": "must be true or false",
+    "string_type": "must be a string",
+    "list_type": "must be a list",
+    "dict_type": "must be a table",
+    "model_type": "must be a table",
+}
+_BOUNDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+
+
+def _phrase(e: Mapping[str, Any]) -> str:
+    """One pydantic error as 'must be ...' in the config's own terms."""
+    ctx = e.get("ctx") or {}
+    if e["type"] in _PLAIN:
+        return _PLAIN[e["type"]]
+    for key, op in _BOUNDS.items():
+        if key in ctx and e["type"].startswith(("greater", "less")):
+            return f"must be {op} {ctx[key]}"
+    if e["type"] == "literal_error":
+        return f"must be {ctx.get('expected', '')}".rstrip()
+    msg = str(e["msg"]).removeprefix("Value error, ")
+    return msg[:1].lower() + msg[1:] if msg[:1].isupper() and not msg[1:2].isupper() else msg
+
+
 def _format_errors(prefix: str, err: ValidationError, cls: type[BaseModel]) -> list[str]:
-    lines = []
+    """One line per field: ``section.field: must be ..., got VALUE``. The alternatives of a union
+    (``int | list[int]``) are joined into one line."""
+    found: dict[str, list[str]] = {}
+    shown_for: dict[str, str] = {}
+    lines: list[str] = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-after",)))
         # union members show up as extra location parts: keep the field path only
@@ -118,20 +154,49 @@ def _format_errors(prefix: str, err: ValidationError, cls: type[BaseModel]) -> l
         where = f"{prefix}.{loc}" if loc else prefix
         if e["type"] == "extra_forbidden":
             key = str(e["loc"][-1])
+            owner = _owner(cls, e["loc"][:-1])  # a nested table names its own keys
             lines.append(
-                f"{where}: unknown key{_suggest(key, cls.model_fields)} "
-                f"(valid: {', '.join(sorted(cls.model_fields))})"
+                f"{where}: unknown key{_suggest(key, owner.model_fields)} "
+                f"(valid: {', '.join(sorted(owner.model_fields))})"
             )
             continue
-        msg = e["msg"].removeprefix("Value error, ")
+        msg = _phrase(e)
         value = e.get("input")
         shown = "" if isinstance(value, dict) or e["type"] == "missing" else f", got {value!r}"
         if msg.startswith(tuple(f"{f}:" for f in cls.model_fields)):
             where = f"{prefix}.{msg.split(':', 1)[0]}"
             msg = msg.split(":", 1)[1].strip()
             shown = ""
-        lines.append(f"{where}: {msg.lower() if msg[:1].isupper() else msg}{shown}")
-    return sorted(set(lines), key=lines.index)
+        if where not in found:
+            found[where] = []
+            lines.append(where)  # placeholder, filled below in first-seen order
+        if msg not in found[where]:
+            found[where].append(msg)
+        shown_for.setdefault(where, shown)
+    out = []
+    for line in lines:
+        if line not in found:
+            out.append(line)
+            continue
+        msgs = found.pop(line)
+        if len(msgs) > 1 and all(m.startswith("must be ") for m in msgs):
+            msg = "must be " + " or ".join(m.removeprefix("must be ") for m in msgs)
+        else:
+            msg = "; ".join(msgs)
+        out.append(f"{line}: {msg}{shown_for[line]}")
+    return sorted(set(out), key=out.index)
+
+
+def _owner(cls: type[BaseModel], loc: tuple) -> type[BaseModel]:
+    """The model class that holds the field at ``loc`` (for nested tables; else ``cls``)."""
+    for part in loc:
+        field = cls.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        for option in (ann, *typing.get_args(ann)):  # X, list[X], X | None
+            if isinstance(option, type) and issubclass(option, BaseModel):
+                cls = option
+                break
+    return cls
 
 
 def _nest_dotted(table: Mapping[str, Any]) -> dict[str, Any]:
@@ -194,6 +259,8 @@ def _section(
 
 
 def _regime_configs() -> dict[str, type[BaseModel]]:
+    import madloop.pool  # noqa: F401  (registers the web-pool regime)
+
     return {name: getattr(cls, "config", LoopConfig) for name, cls in REGIMES.items()}
 
 
@@ -201,7 +268,7 @@ def validate(raw: Mapping[str, Any], *, arm: str | None = None) -> ExperimentCon
     """Validate a raw config (a parsed TOML document). Raises :class:`ConfigError`."""
     raw = _nest_dotted(raw)
     problems: list[str] = []
-    where = f"arms[{arm}]: " if arm else ""
+    where = f"arms[{arm}]." if arm else ""
     for key in raw:
         if key not in TOP_LEVEL:
             problems.append(
@@ -241,27 +308,28 @@ def _sizes(spec: SizeField) -> list[int]:
 
 
 def _loop_problems(loop: LoopConfig, model: ModelConfig | None) -> list[str]:
+    """Sizes: one line per field, naming the bound (``loop.synthetic_size: must be >= 1, got -5``);
+    then whether every generation has enough points for the family to fit."""
     problems = []
+    synthetic_only = not getattr(REGIMES.get(loop.regime), "uses_real_size", True)
     for fname in ("real_size", "synthetic_size"):
         spec = getattr(loop, fname)
         values = _sizes(spec)
+        low = 1 if synthetic_only and fname == "synthetic_size" else 0
+        where = f"loop.{fname}"
         if not values:
-            problems.append(f"loop.{fname}: must not be an empty list")
-        elif min(values) < 0:
-            problems.append(f"loop.{fname}: must be >= 0, got {min(values)}")
+            problems.append(f"{where}: must not be an empty list")
+        elif min(values) < low:
+            got = f"{min(values)} (in {spec})" if isinstance(spec, list) else f"{spec}"
+            problems.append(f"{where}: must be >= {low}, got {got}")
     if problems:
         return problems
     regime = make_regime(loop)
-    if not regime.uses_real_size and max(_sizes(loop.real_size)) != 0:
-        problems.append(
+    if synthetic_only and max(_sizes(loop.real_size)) != 0:
+        return [
             f"loop.real_size: must be 0 for regime '{loop.regime}' (it trains on synthetic data "
             f"only), got {loop.real_size}; use regime 'fresh-data' or 'synthetic-augmentation'"
-        )
-    if not regime.uses_real_size and min(_sizes(loop.synthetic_size)) < 1:
-        problems.append(
-            f"loop.synthetic_size: must be >= 1 for regime '{loop.regime}', got "
-            f"{loop.synthetic_size}"
-        )
+        ]
     n_ini = regime.n_initial()
     if loop.initial_real_size is not None and regime.name == "synthetic-augmentation":
         if n_ini < regime.n_real(1):
@@ -269,25 +337,31 @@ def _loop_problems(loop: LoopConfig, model: ModelConfig | None) -> list[str]:
                 f"loop.initial_real_size: must be >= loop.real_size ({regime.n_real(1)}) for "
                 f"'synthetic-augmentation' (generation 1 includes the fixed real set), got {n_ini}"
             )
+    family = getattr(model, "family", None)
+    # a family declares the fewest points it can fit (ModelConfig.min_train_size)
     minimum = getattr(model, "min_train_size", 1) if model is not None else 1
-    who = f"family '{model.family}'" if model is not None else "a fit"
+    need = f"must give >= {minimum} training points" + (
+        " (a Gaussian fit needs 2)" if family == "gaussian" and minimum == 2 else ""
+    )
     if n_ini < minimum:
-        fname = "initial_real_size" if loop.initial_real_size is not None else "synthetic_size"
-        problems.append(
-            f"loop.{fname}: generation 1 trains on {n_ini} point(s); {who} needs >= "
-            f"{minimum} (set loop.real_size + loop.synthetic_size or loop.initial_real_size higher)"
+        field = (
+            "loop.initial_real_size"
+            if loop.initial_real_size is not None
+            else "loop.synthetic_size"
+            if synthetic_only
+            else "loop.real_size + loop.synthetic_size"
         )
-        return problems
-    from madloop.resources import iter_training_sizes
-
-    horizon = max(len(_sizes(loop.real_size)), len(_sizes(loop.synthetic_size))) + 2
-    for t, size, _ in iter_training_sizes(regime, horizon):
-        if t > 1 and size < minimum:
-            problems.append(
-                f"loop.synthetic_size: generation {t} trains on {size} point(s) (real_size + "
-                f"synthetic_size); {who} needs >= {minimum}"
-            )
+        return problems + [f"{field}: {need}, got {n_ini} at generation 1"]
+    horizon = max(len(_sizes(loop.real_size)), len(_sizes(loop.synthetic_size))) + 1
+    for t in range(2, horizon + 1):
+        size = regime.training_size(t)
+        if size < minimum:
+            field = "loop.synthetic_size" if synthetic_only else "loop.real_size + synthetic_size"
+            problems.append(f"{field}: {need}, got {size} at generation {t}")
             break
+    own = getattr(regime, "config_problems", None)  # a regime's checks that need [model] too
+    if own is not None:
+        problems.extend(own(model))
     return problems
 
 
@@ -367,13 +441,24 @@ def resolve_arms(config: ExperimentConfig | Mapping[str, Any]) -> list[Arm]:
         for section, key in (("model", "family"), ("data", "source"), ("loop", "regime")):
             # switching family/source/regime drops the base's fields that belong to the old one
             over, under = overrides.get(section), base_raw.get(section)
-            if isinstance(over, Mapping) and key in over:
-                if not isinstance(under, Mapping) or over[key] != under.get(key):
-                    merged[section] = over
+            if not isinstance(over, Mapping) or key not in over:
+                continue
+            if isinstance(under, Mapping) and over[key] == under.get(key):
+                continue
+            merged[section] = dict(over)
+            if section == "loop" and isinstance(under, Mapping) and isinstance(over[key], str):
+                # sizes are common to every regime: keep those it knows
+                known = _regime_configs().get(over[key], LoopConfig).model_fields
+                if not getattr(REGIMES.get(over[key]), "uses_real_size", 1):
+                    known = {k: f for k, f in known.items() if k != "real_size"}
+                kept = {k: v for k, v in under.items() if k in known}
+                merged[section] = {**kept, **over}
         try:
             arms.append(Arm(name, validate(merged, arm=name)))
         except ConfigError as err:
-            problems.extend(err.problems)
+            # a problem the arm inherits from the base is reported once, for the base
+            prefix = f"arms[{name}]."
+            problems.extend(p for p in err.problems if p.removeprefix(prefix) not in problems)
     if problems:
         raise ConfigError(problems)
     if not arms:
@@ -513,6 +598,10 @@ def theory_frame(arms: list[Arm]) -> pd.DataFrame:
     rows = []
     for arm in arms:
         cfg = arm.config
+        own = getattr(REGIMES[cfg.loop.regime], "theory_frame", None)  # e.g. web-pool's lineages
+        if own is not None:
+            rows.append(own(arm))
+            continue
         mean0_factor = _gaussian_truth(cfg)
         if mean0_factor is None:
             continue
@@ -656,6 +745,12 @@ def run(
         problems.append(f"--checkpoint-every: must be >= 1, got {checkpoint_every}")
     if problems:
         raise ConfigError(problems)
+    engine = next(
+        (r for a in arms if (r := getattr(REGIMES[a.config.loop.regime], "run_experiment", None))),
+        None,
+    )
+    if engine is not None:  # a regime with its own engine (web-pool: lineages sharing a pool)
+        return engine(base, arms, out=out, progress=progress, plots=plots)
     started = time.time()
     out = Path(out) if out is not None else None
     if out is not None and resume is False and run_has_checkpoints(out):

@@ -42,6 +42,16 @@ def generation_seed(seed: int, stream: int, generation: int) -> np.random.SeedSe
     return np.random.SeedSequence(seed, spawn_key=(stream, generation))
 
 
+DRAW, FIT, METRIC, GALLERY = range(4)  # the children of a generation's seed
+
+
+def child_seed(seed: int, stream: int, generation: int, child: int) -> np.random.SeedSequence:
+    """``generation_seed(seed, stream, generation).spawn(4)[child]``, built directly: a spawned
+    child is the SeedSequence with the parent's spawn key plus its index, so this gives the same
+    numbers without constructing the siblings a generation does not use."""
+    return np.random.SeedSequence(seed, spawn_key=(stream, generation, child))
+
+
 class Loop:
     """R replicate chains of one self-consuming loop.
 
@@ -101,8 +111,7 @@ class Loop:
     # -- one generation -------------------------------------------------------------------------
     def step(self) -> GenerationRecord:
         t = self.generation + 1
-        draw_seed, fit_seed, metric_seed, _ = generation_seed(self.seed, self.stream, t).spawn(4)
-        draw_rng = np.random.default_rng(draw_seed)
+        draw_rng = np.random.default_rng(child_seed(self.seed, self.stream, t, DRAW))
         comp = self.regime.compose(t)
         drawn: dict[int, Batch] = {}
         train = self._unite(comp.parts, drawn, draw_rng, t)
@@ -111,12 +120,12 @@ class Loop:
         for name, parts in comp.keep.items():
             self.kept[name] = self._unite(parts, drawn, draw_rng, t)
 
-        fit_rng = np.random.default_rng(fit_seed)
         failures: dict[int, str] = {}
         try:
             if isinstance(train, Stats):
                 self.model.fit_stats(train)
             else:
+                fit_rng = np.random.default_rng(child_seed(self.seed, self.stream, t, FIT))
                 self.model.fit_points(train, rng=fit_rng)
         except FitFailed as err:
             for r in range(self.replicates) if err.replicates is None else err.replicates:
@@ -136,9 +145,8 @@ class Loop:
             nan = np.full(self.replicates, np.nan)
             metrics = {name: nan.copy() for name in self._metric_names}
         else:
-            metrics = evaluate(
-                self.model, self.real, rng=np.random.default_rng(metric_seed), generation=t
-            )
+            metric_rng = np.random.default_rng(child_seed(self.seed, self.stream, t, METRIC))
+            metrics = evaluate(self.model, self.real, rng=metric_rng, generation=t)
             self._metric_names = list(metrics)
             if self.failed:  # a stopped chain reports NaN from its failure on
                 dead = sorted(self.failed)
@@ -179,7 +187,7 @@ class Loop:
     def gallery(self, n: int) -> Points:
         """n samples of the current model for a gallery, from their own seed stream (drawing
         them never changes the trajectory)."""
-        seed = generation_seed(self.seed, self.stream, self.generation).spawn(4)[3]
+        seed = child_seed(self.seed, self.stream, self.generation, GALLERY)
         points = self.model.sample_points(n, bias=self.bias, rng=np.random.default_rng(seed))
         points.source = np.full(points.X.shape[:2], SYNTHETIC, dtype=np.int8)
         points.origin = np.full(points.X.shape[:2], self.generation, dtype=np.int32)
@@ -208,12 +216,6 @@ class Loop:
         return Points.concat(batches)
 
     def _draw(self, part: Draw, rng: np.random.Generator, t: int) -> Batch:
-        if part.size == 0:  # an empty batch (real_size = 0): the union drops it
-            with np.errstate(divide="ignore", invalid="ignore"):
-                return self._draw_batch(part, rng, t)
-        return self._draw_batch(part, rng, t)
-
-    def _draw_batch(self, part: Draw, rng: np.random.Generator, t: int) -> Batch:
         R = self.replicates
         from_real = part.source == "real" or t == 1  # generation 0's "model" is the real law
         source, origin = (REAL, 0) if from_real else (SYNTHETIC, t - 1)

@@ -112,6 +112,23 @@ class Points:
     def provenance_counts(self) -> dict[tuple[int, int], np.ndarray]:
         """{(source, origin generation): count per replicate (R,)}."""
         out: dict[tuple[int, int], np.ndarray] = {}
+        R, m = self.source.shape[:2]
+        if m == 0:
+            return out
+        origin_min, origin_max = int(self.origin.min()), int(self.origin.max())
+        source_min, source_max = int(self.source.min()), int(self.source.max())
+        if origin_min == origin_max and source_min == source_max:  # one batch: no counting
+            return {(source_min, origin_min): np.full(R, m)}
+        if min(origin_min, source_min) >= 0:
+            # one bincount over (replicate, source, origin) cells instead of a pass per key
+            width = origin_max + 1
+            cells = (source_max + 1) * width
+            key = self.source.astype(np.int64) * width + self.origin
+            key += np.arange(R)[:, None] * cells
+            counts = np.bincount(key.ravel(), minlength=R * cells).reshape(R, cells)
+            for c in np.flatnonzero(counts.any(axis=0)):
+                out[(int(c // width), int(c % width))] = counts[:, c]
+            return out
         key = self.source.astype(np.int64) * 1_000_000 + self.origin
         for k in np.unique(key):
             out[(int(k // 1_000_000), int(k % 1_000_000))] = (key == k).sum(axis=1)

@@ -48,8 +48,8 @@ class GaussianDataConfig(DataConfig):
             if low <= 0:
                 what = "a zero-variance direction" if low == 0 else "a negative variance"
                 raise ValueError(
-                    f"covariance: must be positive definite (all eigenvalues > 0); its smallest "
-                    f"eigenvalue is {low:.3g}, {what}: give that direction a small positive "
+                    "covariance: must be positive definite (all eigenvalues > 0), got smallest "
+                    f"eigenvalue {low:.4g}: {what}; give that direction a small positive "
                     "variance or drop the dimension"
                 )
         return self

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from madloop.linalg import log_det
+from madloop.linalg import log_det, solve_lower
 from madloop.metrics.base import MetricSuite, register_suite
 
 GAUSSIAN_METRICS = (
@@ -42,12 +42,20 @@ def gaussian_metrics(
     tr0 = float(np.sum(factor0 * factor0))
     ld0 = float(log_det(factor0))
     ld = log_det(factor)
-    nuclear = np.linalg.svd(factor0.T @ factor, compute_uv=False).sum(axis=-1)
-    w2_sq = np.maximum(mean_error_sq + tr + tr0 - 2.0 * nuclear, 0.0)
+    finite = np.isfinite(factor).all(axis=(1, 2))  # a fit on < 2 points has a NaN covariance
+    if finite.all():
+        nuclear = np.linalg.svd(factor0.T @ factor, compute_uv=False).sum(axis=-1)
+    else:  # report NaN for those chains rather than fail the SVD for all of them
+        nuclear = np.full(mean.shape[0], np.nan)
+        if finite.any():
+            M = factor0.T @ factor[finite]
+            nuclear[finite] = np.linalg.svd(M, compute_uv=False).sum(axis=-1)
+    with np.errstate(invalid="ignore"):
+        w2_sq = np.maximum(mean_error_sq + tr + tr0 - 2.0 * nuclear, 0.0)
 
     d = mean.shape[-1]
-    kl = np.full(mean.shape[0], np.inf)
-    ok = np.isfinite(ld) & (np.abs(np.diagonal(factor, axis1=1, axis2=2)).min(axis=1) > 0)
+    kl = np.where(finite, np.inf, np.nan)
+    ok = finite & np.isfinite(ld) & (np.abs(np.diagonal(factor, axis1=1, axis2=2)).min(axis=1) > 0)
     if ok.any():
         rhs = np.concatenate(
             [np.broadcast_to(factor0, (ok.sum(), d, d)), diff[ok][:, :, None]], axis=2
@@ -72,8 +80,8 @@ def _solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Batched solve; a factor whose diagonal underflowed to subnormals (bias λ -> 0 collapses
     Σ_t geometrically) can be singular to LAPACK though positive: its solution is +inf."""
     try:
-        return np.linalg.solve(a, b)
-    except np.linalg.LinAlgError:
+        return solve_lower(a, b)
+    except np.linalg.LinAlgError:  # LAPACK (d > 48) calls a subnormal diagonal singular
         out = np.empty(b.shape)  # (R, d, k): a is (R, d, d)
         for i in range(a.shape[0]):
             try:

@@ -61,7 +61,11 @@ class FamilySpec:
 
 
 FAMILIES: dict[str, FamilySpec] = {}
-_BUILTIN_MODULES = ("madloop.models.gaussian",)
+_BUILTIN_MODULES = (
+    "madloop.models.gaussian",
+    "madloop.models.gan",
+    "madloop.models.flow",
+)
 _loaded = False
 
 

@@ -114,13 +114,14 @@ class GaussianFamily:
         return self._set(mean, factor, np.full(points.replicates, points.size))
 
     def sample_points(self, n: int, *, bias: float, rng: np.random.Generator) -> Points:
-        """Draws as whitened deviations in this model's frame: x = μ + L (sqrt(bias) z)."""
+        """Draws as whitened deviations in the frame of N(μ, bias Σ): x = μ + (sqrt(bias) L) z.
+
+        The bias goes into the frame's factor, not into the points: no pass over the draws."""
         check_is_fitted(self, "cov_factor_")
         R, d = self.mean_.shape
-        local = np.sqrt(bias) * rng.standard_normal((R, n, d))
-        return Points.tagged(
-            local, source=SYNTHETIC, origin=-1, frame=Frame(self.mean_, self.cov_factor_)
-        )
+        local = rng.standard_normal((R, n, d))
+        factor = self.cov_factor_ if bias == 1.0 else np.sqrt(bias) * self.cov_factor_
+        return Points.tagged(local, source=SYNTHETIC, origin=-1, frame=Frame(self.mean_, factor))
 
     def fit_stats(self, stats: Stats) -> Self:
         return self._set(stats.mean, stats.factor, stats.count)
@@ -145,8 +146,11 @@ class GaussianFamily:
     def _set(self, mean: np.ndarray, scatter_factor: np.ndarray, count: np.ndarray) -> Self:
         count = np.asarray(count, dtype=float)
         divisor = count - 1.0 if self.covariance_estimator == "unbiased" else count
-        with np.errstate(divide="ignore", invalid="ignore"):
-            scale = np.where(divisor > 0, 1.0 / np.sqrt(np.maximum(divisor, 1e-300)), np.nan)
+        if np.all(divisor > 0):
+            scale = 1.0 / np.sqrt(divisor)
+        else:  # a fit on < 2 points (unbiased) has no covariance: NaN, not a crash
+            with np.errstate(divide="ignore", invalid="ignore"):
+                scale = np.where(divisor > 0, 1.0 / np.sqrt(np.maximum(divisor, 1e-300)), np.nan)
         self.mean_ = mean
         self.cov_factor_ = scatter_factor * scale[:, None, None]
         self.n_samples_ = count

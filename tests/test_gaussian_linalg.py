@@ -1,0 +1,180 @@
+"""Unit checks of the factored linear algebra and the metric formulas against direct numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.linalg
+
+from madloop.linalg import bartlett, draw_stats, log_det, stats_from_points
+from madloop.metrics.gaussian import gaussian_metrics
+from madloop.models.gaussian import GaussianFamily
+from madloop.types import Points, Stats
+
+
+@pytest.mark.parametrize("shape", [(3, 50, 4), (2, 4, 4), (2, 3, 5), (1, 2, 3), (4, 1000, 2)])
+def test_stats_from_points_matches_numpy(shape):
+    rng = np.random.default_rng(0)
+    X = 5.0 + rng.standard_normal(shape) @ np.diag(np.arange(1, shape[2] + 1.0))
+    mean, L = stats_from_points(X)
+    assert np.allclose(np.triu(L, 1), 0)
+    for r in range(shape[0]):
+        Xc = X[r] - X[r].mean(axis=0)
+        np.testing.assert_allclose(mean[r], X[r].mean(axis=0), rtol=1e-12)
+        np.testing.assert_allclose(L[r] @ L[r].T, Xc.T @ Xc, rtol=1e-9, atol=1e-9)
+    m, d = shape[1:]
+    if m - 1 < d:  # rank-deficient: exact zeros on the diagonal, log det = -inf
+        assert np.isneginf(log_det(L)).all()
+
+
+def test_stats_from_points_ill_conditioned_and_offset():
+    """A batch far from the origin with a tiny spread is still fitted to full relative accuracy."""
+    rng = np.random.default_rng(1)
+    scales = np.array([1.0, 1e-5, 1e-9])
+    X = 1e3 + rng.standard_normal((2, 40, 3)) * scales
+    _, L = stats_from_points(X)
+    for r in range(2):
+        Xc = X[r] - X[r].mean(axis=0)
+        want = np.linalg.slogdet(Xc.T @ Xc)[1]
+        assert log_det(L[r]) == pytest.approx(want, rel=1e-6)
+
+
+def test_stats_merge_is_exact():
+    rng = np.random.default_rng(2)
+    A, B = rng.standard_normal((3, 7, 4)), 3 + 2 * rng.standard_normal((3, 11, 4))
+    sa, sb = (Stats(np.full(3, x.shape[1]), *stats_from_points(x)) for x in (A, B))
+    merged = Stats.merge([sa, sb])
+    mean, L = stats_from_points(np.concatenate([A, B], axis=1))
+    np.testing.assert_allclose(merged.mean, mean, rtol=1e-12)
+    S = merged.factor @ np.swapaxes(merged.factor, 1, 2)
+    np.testing.assert_allclose(S, L @ np.swapaxes(L, 1, 2), rtol=1e-10, atol=1e-10)
+
+
+def test_bartlett_is_wishart():
+    """E[A A^T] = k I and Var of the diagonal of a Wishart(I, k): 2k."""
+    rng = np.random.default_rng(3)
+    k, d, R = 6, 4, 40000
+    A = bartlett(k, d, R, rng)
+    assert np.allclose(np.triu(A, 1), 0)
+    W = A @ np.swapaxes(A, 1, 2)
+    se = np.sqrt(2 * k / R)
+    assert np.all(np.abs(np.diagonal(W, axis1=1, axis2=2).mean(0) - k) < 5 * se)
+    off = W[:, 0, 1]
+    assert abs(off.mean()) < 5 * np.sqrt(k / R)
+    assert np.diagonal(W, axis1=1, axis2=2).var(0) == pytest.approx(np.full(d, 2 * k), rel=0.05)
+    A_low = bartlett(2, 4, 5, rng)  # dof < d: rank 2, zero diagonal beyond
+    assert np.all(np.diagonal(A_low, axis1=1, axis2=2)[:, 2:] == 0)
+
+
+def test_draw_stats_law():
+    """x̄ ~ N(μ, scale Σ/n) and E[S] = (n-1) scale Σ."""
+    rng = np.random.default_rng(4)
+    R, d, n, scale = 40000, 3, 9, 0.7
+    L = np.linalg.cholesky(np.array([[2.0, 0.5, 0.0], [0.5, 1.0, 0.2], [0.0, 0.2, 0.5]]))
+    mean = np.tile([1.0, -1.0, 0.0], (R, 1))
+    xbar, F = draw_stats(mean, np.broadcast_to(L, (R, d, d)), n, rng, scale=scale)
+    cov = L @ L.T
+    np.testing.assert_allclose(np.cov(xbar.T), scale * cov / n, atol=6 * scale * 2 / n / np.sqrt(R))
+    S = (F @ np.swapaxes(F, 1, 2)).mean(0)
+    np.testing.assert_allclose(S, (n - 1) * scale * cov, atol=0.1)
+
+
+def _reference_metrics(mu, cov, mu0, cov0):
+    d = mu.size
+    diff = mu - mu0
+    root0 = scipy.linalg.sqrtm(cov0).real
+    cross = scipy.linalg.sqrtm(root0 @ cov @ root0).real
+    inv = np.linalg.inv(cov)
+    return {
+        "mean_error_sq": diff @ diff,
+        "trace_ratio": np.trace(cov) / np.trace(cov0),
+        "log_det_change": np.linalg.slogdet(cov)[1] - np.linalg.slogdet(cov0)[1],
+        "wasserstein2": np.sqrt(max(diff @ diff + np.trace(cov + cov0 - 2 * cross), 0.0)),
+        "kl_divergence": 0.5
+        * (
+            np.trace(inv @ cov0)
+            + diff @ inv @ diff
+            - d
+            + np.linalg.slogdet(cov)[1]
+            - np.linalg.slogdet(cov0)[1]
+        ),
+    }
+
+
+@pytest.mark.parametrize("d", [1, 3, 10])
+def test_metrics_match_direct_formulas(d):
+    rng = np.random.default_rng(d)
+    R = 5
+    B = rng.standard_normal((d, d))
+    cov0 = B @ B.T + d * np.eye(d)
+    mu0 = rng.standard_normal(d)
+    C = rng.standard_normal((R, d, d))
+    covs = C @ np.swapaxes(C, 1, 2) + 0.5 * np.eye(d)
+    mus = rng.standard_normal((R, d))
+    got = gaussian_metrics(mus, np.linalg.cholesky(covs), mu0, np.linalg.cholesky(cov0))
+    for r in range(R):
+        want = _reference_metrics(mus[r], covs[r], mu0, cov0)
+        for k, v in want.items():
+            assert got[k][r] == pytest.approx(v, rel=1e-8, abs=1e-10), (k, r)
+
+
+def test_metrics_at_the_truth_and_when_singular():
+    d = 3
+    L0 = np.linalg.cholesky(np.diag([1.0, 2.0, 3.0]))
+    same = gaussian_metrics(np.zeros((1, d)), L0[None], np.zeros(d), L0)
+    for k in ("mean_error_sq", "log_det_change", "kl_divergence"):
+        assert same[k][0] == pytest.approx(0.0, abs=1e-12)
+    assert same["trace_ratio"][0] == pytest.approx(1.0)
+    assert same["wasserstein2"][0] == pytest.approx(0.0, abs=1e-6)
+    sing = np.diag([1.0, 0.0, 1.0])[None]
+    out = gaussian_metrics(np.zeros((1, d)), sing, np.zeros(d), L0)
+    assert np.isneginf(out["log_det_change"][0]) and np.isposinf(out["kl_divergence"][0])
+    assert np.isfinite(out["wasserstein2"][0])
+    # a collapsed Σ_t = 1e-200 I: still finite, W2 = sqrt(tr Σ_0)
+    tiny = gaussian_metrics(np.zeros((1, d)), 1e-100 * np.eye(d)[None], np.zeros(d), L0)
+    assert tiny["wasserstein2"][0] == pytest.approx(np.sqrt(6.0), rel=1e-9)
+    assert tiny["log_det_change"][0] == pytest.approx(-200 * d * np.log(10) - np.log(6), rel=1e-12)
+
+
+def test_metrics_of_an_undefined_fit_are_nan_not_an_error():
+    """A chain fitted on one point (unbiased: divide by 0) has a NaN covariance; its metrics are
+    NaN while the other chains' are computed as usual."""
+    L0 = np.eye(2)
+    factor = np.stack([np.eye(2), np.full((2, 2), np.nan)])
+    out = gaussian_metrics(np.zeros((2, 2)), factor, np.zeros(2), L0)
+    for k in ("wasserstein2", "kl_divergence", "log_det_change", "trace_ratio"):
+        assert np.isfinite(out[k][0]) and np.isnan(out[k][1]), k
+
+
+def test_sklearn_style_family():
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((2, 30, 3))
+    model = GaussianFamily(replicates=2, covariance_estimator="mle")
+    assert model.fit(X) is model
+    np.testing.assert_allclose(model.covariance_[0], np.cov(X[0].T, bias=True), rtol=1e-10)
+    model_u = GaussianFamily(replicates=2).fit(X)
+    np.testing.assert_allclose(model_u.covariance_[1], np.cov(X[1].T), rtol=1e-10)
+    draws = model_u.sample(5000, bias=0.5, rng=rng)
+    assert draws.shape == (2, 5000, 3)
+    np.testing.assert_allclose(np.cov(draws[0].T), 0.5 * model_u.covariance_[0], atol=0.1)
+    state = model_u.get_state()
+    clone = GaussianFamily(replicates=2)
+    clone.set_state(state)
+    a = clone.sample_points(4, bias=1.0, rng=np.random.default_rng(9)).global_X()
+    b = model_u.sample_points(4, bias=1.0, rng=np.random.default_rng(9)).global_X()
+    np.testing.assert_array_equal(a, b)
+
+
+def test_provenance_counts_of_a_union():
+    rng = np.random.default_rng(6)
+    a = Points.tagged(rng.standard_normal((2, 3, 2)), source=0, origin=0)
+    b = Points.tagged(rng.standard_normal((2, 5, 2)), source=1, origin=4)
+    u = Points.concat([a, b, a])
+    counts = u.provenance_counts()
+    assert set(counts) == {(0, 0), (1, 4)}
+    np.testing.assert_array_equal(counts[(0, 0)], [6, 6])
+    np.testing.assert_array_equal(counts[(1, 4)], [5, 5])
+    sub = u.take(np.array([[0, 1, 3], [3, 4, 5]]))
+    c = sub.provenance_counts()
+    np.testing.assert_array_equal(c[(0, 0)], [2, 0])
+    np.testing.assert_array_equal(c[(1, 4)], [1, 3])
