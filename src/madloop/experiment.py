@@ -325,6 +325,9 @@ def _loop_problems(loop: LoopConfig, model: ModelConfig | None) -> list[str]:
     if problems:
         return problems
     regime = make_regime(loop)
+    own = getattr(regime, "config_problems", None)  # a regime's checks that need [model] too
+    if hasattr(regime, "run_experiment"):  # an engine of its own (web-pool) checks its sizes
+        return problems + (own(model) if own is not None else [])
     if synthetic_only and max(_sizes(loop.real_size)) != 0:
         return [
             f"loop.real_size: must be 0 for regime '{loop.regime}' (it trains on synthetic data "
@@ -359,7 +362,6 @@ def _loop_problems(loop: LoopConfig, model: ModelConfig | None) -> list[str]:
             field = "loop.synthetic_size" if synthetic_only else "loop.real_size + synthetic_size"
             problems.append(f"{field}: {need}, got {size} at generation {t}")
             break
-    own = getattr(regime, "config_problems", None)  # a regime's checks that need [model] too
     if own is not None:
         problems.extend(own(model))
     return problems
