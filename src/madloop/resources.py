@@ -7,10 +7,11 @@ with what the machine has free (``/proc/meminfo`` / cgroup limits / ``os.sysconf
 knob that dominates it.
 
 Memory model (peak of the largest arm; arms run one after another):
-- ``points`` mode holds a generation's training batch ``R x m x e`` float64 (R replicates, m rows,
-  e numbers per row) about ``POINTS_COPIES`` times over (the draws, their union, the fit's
-  work arrays), plus what the regime keeps (a pool of up to ``k`` rows per replicate), plus the
-  model state (``ModelConfig.state_size``, when the family declares it).
+- ``points`` mode holds a generation's batch ``R x m x e`` float64 (R replicates, m rows - the
+  union of its parts before any subsample -, e numbers per row) ``SINGLE_COPIES`` times when a
+  generation is one batch, ``POINTS_COPIES`` times when it unites several (the draws, their
+  union, a kept copy, the fit's work arrays), plus what the regime keeps (a pool of up to ``k``
+  rows per replicate), plus the model state (``ModelConfig.state_size``, when declared).
 - ``exact`` mode holds sufficient statistics: ``R x (e^2 + e + 1)`` floats per batch.
 The constants were calibrated with ``tracemalloc`` on the Gaussian family and are checked by
 ``tests/test_resources.py`` (the estimate must bound the measured peak, within a factor 4).
@@ -31,7 +32,8 @@ import numpy as np
 from madloop.regimes import Draw, Regime
 
 FLOAT = 8
-POINTS_COPIES = 6  # draws + union + Helmert prefix sums + contrasts + temporaries
+POINTS_COPIES = 6  # a union of batches: draws, union, kept copy, the fit's work arrays
+SINGLE_COPIES = 2  # one batch per generation (fully synthetic): the draw and the fit's work
 STATE_COPIES = 12  # a fit's and the metrics' work arrays of the model's size
 BASELINE = 200 * 2**20  # the interpreter, numpy, pandas, pydantic...
 TABLE_ROW = 100  # bytes per (arm, generation, replicate, metric, value) row, with pandas copies
@@ -50,6 +52,21 @@ def iter_training_sizes(regime: Regime, generations: int) -> Iterator[tuple[int,
         for name, parts in comp.keep.items():
             kept[name] = sum(p.size if isinstance(p, Draw) else kept.get(p.name, 0) for p in parts)
         yield t, size, sum(kept.values())
+
+
+def union_profile(regime: Regime, generations: int) -> tuple[int, bool]:
+    """(largest union of a generation's parts before any subsample, whether any generation unites
+    several batches or keeps one): what a points-mode generation holds at once."""
+    kept: dict[str, int] = {}
+    union, mixing = 0, False
+    for t in range(1, generations + 1):
+        comp = regime.compose(t)
+        rows = sum(p.size if isinstance(p, Draw) else kept.get(p.name, 0) for p in comp.parts)
+        mixing = mixing or len(comp.parts) > 1 or bool(comp.keep) or comp.subsample is not None
+        for name, parts in comp.keep.items():
+            kept[name] = sum(p.size if isinstance(p, Draw) else kept.get(p.name, 0) for p in parts)
+        union = max(union, rows)
+    return union, mixing
 
 
 def training_sizes(regime: Regime, generations: int) -> tuple[int, int, int]:
@@ -139,7 +156,12 @@ def estimate_arm(arm: Any, *, keep_checkpoints: int = 2) -> ArmEstimate:
     R, T = cfg.replicates, cfg.generations
     e = _event_size(cfg)
     regime = make_regime(cfg.loop)
-    _, peak, pool = training_sizes(regime, T)
+    try:
+        _, peak, pool = training_sizes(regime, T)
+        union, mixing = union_profile(regime, T)
+    except TypeError:  # a regime with an engine of its own (web-pool): no per-chain recipe
+        peak = pool = union = 0
+        mixing = True
     exact = getattr(cfg.model, "mode", "sample") == "exact" and regime.exact
     state_size = getattr(cfg.model, "state_size", None)
     state = state_size(e) if callable(state_size) else None
@@ -156,7 +178,9 @@ def estimate_arm(arm: Any, *, keep_checkpoints: int = 2) -> ArmEstimate:
     else:
         est.batch_bytes = R * peak * e * FLOAT
         kept_bytes = R * pool * (e * FLOAT + 5)  # + source (int8) and origin (int32) tags
-        est.memory = POINTS_COPIES * est.batch_bytes + 2 * kept_bytes + STATE_COPIES * state_bytes
+        copies = POINTS_COPIES if mixing else SINGLE_COPIES
+        est.memory = copies * R * max(union, peak) * e * FLOAT + STATE_COPIES * state_bytes
+        est.memory += 2 * kept_bytes if mixing else 0
     est.table_bytes = T * R * n_metrics * TABLE_ROW
     records = T * (R * n_metrics * FLOAT + 2_000)  # per-generation records (npz)
     table = T * R * n_metrics * 12 + T * n_metrics * 150  # metrics.parquet + summary.csv
