@@ -751,7 +751,10 @@ def run(
         (r for a in arms if (r := getattr(REGIMES[a.config.loop.regime], "run_experiment", None))),
         None,
     )
+    log = log or (lambda msg: None)
     if engine is not None:  # a regime with its own engine (web-pool: lineages sharing a pool)
+        if resume:
+            log("this regime runs on its own engine, which is not checkpointed: running it whole")
         return engine(base, arms, out=out, progress=progress, plots=plots)
     started = time.time()
     out = Path(out) if out is not None else None
@@ -762,7 +765,6 @@ def run(
                 "it, or give a new --out to start afresh"
             ]
         )
-    log = log or (lambda msg: None)
     with contextlib.ExitStack() as stack:
         if out is not None:
             from madloop.checkpoint import CheckpointError, RunLock
