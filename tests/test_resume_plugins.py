@@ -4,9 +4,11 @@ families (issue 4). Written against their contracts, so they run as soon as thos
 - sweep: ``madloop sweep CONFIG --out DIR`` with a ``[sweep]`` table (``grid`` of dotted keys,
   ``seeds``); re-running the same command skips finished tasks and writes ``results.parquet``;
 - neural families: chain models implement ``get_state`` / ``set_state`` (arrays only), so the
-  run-level checkpoints of ``madloop run`` resume them bit for bit.
+  run-level checkpoints of ``madloop run`` resume them bit for bit - metrics and final weights
+  (warm start on, so optimizer state must be restored too). Every torch family is covered: its
+  example config cut down to seconds, or 2-D Gaussian data; the first one in the default run.
 
-Until then they are skipped, with the reason.
+What is not on this branch yet is skipped, with the reason.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import time
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -136,24 +139,6 @@ def test_sigkill_sweep_then_rerun_is_bit_exact(tmp_path: Path) -> None:
 
 
 # -- neural families ------------------------------------------------------------------------------
-def _torch_examples() -> list[tuple[str, Path]]:
-    """(family, example config) for every torch family that has an example config."""
-    if importlib.util.find_spec("torch") is None:
-        return []
-    from madloop.models.base import load_families
-
-    torch_families = {n for n, s in load_families().items() if s.requires == "torch"}
-    found = {}
-    for path in sorted((ROOT / "examples").glob("*.toml")):
-        try:
-            family = tomllib.loads(path.read_text()).get("model", {}).get("family")
-        except (tomllib.TOMLDecodeError, AttributeError):
-            continue
-        if family in torch_families and family not in found:
-            found[family] = path
-    return sorted(found.items())
-
-
 TINY_KEYS = {
     "steps": 30,
     "train_steps": 30,
@@ -166,41 +151,97 @@ TINY_KEYS = {
 }
 
 
-def _tiny(path: Path, generations: int = 3) -> dict:
-    """An example config cut down to a few seconds: 1 replicate, few generations, small training
-    loops (for the keys the family's config has), base arm only."""
+def _torch_families() -> list[tuple[str, dict]]:
+    """(family, tiny config) for every torch family: its example config cut down to seconds
+    where one exists, else 2-D Gaussian data with warm start on (so optimizer state is part of
+    what must be restored)."""
+    if importlib.util.find_spec("torch") is None:
+        return []
     from madloop.models.base import load_families
 
-    cfg = tomllib.loads(path.read_text())
-    cfg.update(generations=generations, replicates=1, arms=[])
-    cfg.pop("sweep", None)
-    fields = load_families()[cfg["model"]["family"]].config.model_fields
-    cfg["model"].update({k: v for k, v in TINY_KEYS.items() if k in fields})
-    cfg["model"].pop("device", None)
-    return cfg
+    families = {n: s for n, s in load_families().items() if s.requires == "torch"}
+    examples = {}
+    for path in sorted((ROOT / "examples").glob("*.toml")):
+        try:
+            family = tomllib.loads(path.read_text()).get("model", {}).get("family")
+        except (tomllib.TOMLDecodeError, AttributeError):
+            continue
+        if family in families:
+            examples.setdefault(family, path)
+    out = []
+    for name, spec in sorted(families.items()):
+        fields = spec.config.model_fields
+        if name in examples:
+            cfg = tomllib.loads(examples[name].read_text())
+            cfg.update(generations=3, replicates=1, arms=[])
+            cfg.pop("sweep", None)
+        else:
+            cfg = {
+                "name": f"{name}-tiny",
+                "seed": 1,
+                "generations": 3,
+                "replicates": 2,
+                "data": {"source": "gaussian", "dim": 2},
+                "model": {"family": name},
+                "loop": {"regime": "fully-synthetic", "synthetic_size": 64},
+            }
+            cfg["model"].update(
+                {k: v for k, v in (("warm_start", True), ("conditional", False)) if k in fields}
+            )
+        cfg["model"].update({k: v for k, v in TINY_KEYS.items() if k in fields})
+        if "device" in fields:
+            cfg["model"]["device"] = "cpu"
+        out.append((name, cfg))
+    return out
 
 
-NEURAL = _torch_examples()
+NEURAL = _torch_families()
 neural = pytest.mark.skipif(
     not NEURAL,
-    reason="no torch family with an example config on this branch (issue 4 adds them); these "
-    "tests resume a neural loop through get_state/set_state and check it bit for bit",
+    reason="no torch family on this branch (issue 4 adds them); these tests resume a neural "
+    "loop through get_state/set_state and check it bit for bit",
 )
+
+
+@pytest.fixture
+def sample_mean_metric():
+    """Families without a moment suite still get a number that depends on their state and
+    sampling, so comparing metric tables is never vacuous."""
+    from madloop.metrics.base import METRIC_SUITES, MetricSuite, register_suite
+
+    def compute(model, real, *, rng, generation, **_):
+        return {
+            "sample_mean": model.sample_points(64, bias=1.0, rng=rng)
+            .global_X()
+            .mean(axis=tuple(range(1, 3)))
+        }
+
+    register_suite(
+        MetricSuite("test-sample-mean", lambda m, r: hasattr(m, "sample_points"), compute)
+    )
+    yield
+    METRIC_SUITES.pop("test-sample-mean", None)
+
+
+def _final_state(out: Path) -> dict:
+    from madloop.checkpoint import load_npz
+
+    index = sorted((out / "checkpoints" / "base").glob("gen*/model.npz"))[-1]
+    return load_npz(index.read_bytes())
 
 
 @neural
 @pytest.mark.parametrize(
-    "family, path",
+    "family, cfg",
     [  # the first family in the default run (seconds), the others with the slow tests
-        pytest.param(*fp, marks=[pytest.mark.slow] if i else [])
-        for i, fp in enumerate(NEURAL or [("none", Path())])
+        pytest.param(*fc, marks=[pytest.mark.slow] if i else [], id=fc[0])
+        for i, fc in enumerate(NEURAL or [("none", {})])
     ],
 )
-def test_neural_family_resumes_bit_exact(tmp_path, family, path) -> None:
+def test_neural_family_resumes_bit_exact(tmp_path, family, cfg, sample_mean_metric) -> None:
     import torch
 
     torch.set_num_threads(1)
-    cfg = _tiny(path)
 
     class Crash(Exception):
         pass
@@ -209,25 +250,36 @@ def test_neural_family_resumes_bit_exact(tmp_path, family, path) -> None:
         if g == 2:
             raise Crash
 
-    ref = run(cfg, plots=False)
+    ref = run(cfg, out=tmp_path / "ref", plots=False)
+    assert "sample_mean" in set(ref.metrics.metric) and len(ref.metrics) > 0
     with pytest.raises(Crash):
-        run(cfg, out=tmp_path, plots=False, progress=crash)
-    res = run(cfg, out=tmp_path, plots=False, resume=True)
+        run(cfg, out=tmp_path / "run", plots=False, progress=crash)
+    res = run(cfg, out=tmp_path / "run", plots=False, resume=True)
+    assert res.manifest["resumed_from"] == {"base": 2}
     pd.testing.assert_frame_equal(res.metrics, ref.metrics, check_exact=True)
+    got, want = _final_state(tmp_path / "run"), _final_state(tmp_path / "ref")
+    assert got.keys() == want.keys() and len(got) > 0
+    for key in want:
+        assert np.array_equal(got[key], want[key], equal_nan=True), key
 
 
 @neural
 @pytest.mark.slow
 def test_sigkill_neural_run_then_resume_is_bit_exact(tmp_path) -> None:
-    family, path = NEURAL[0]
+    family, cfg = NEURAL[0]
+    cfg = {**cfg, "generations": 4}
     cfg_path = tmp_path / "n.toml"
-    cfg_path.write_text(to_toml(_tiny(path, generations=4)))
+    cfg_path.write_text(to_toml(cfg))
     out, ref = tmp_path / "killed", tmp_path / "ref"
     args = [sys.executable, "-m", "madloop.cli", "run", str(cfg_path), "-q", "--no-plots"]
     _kill_after_checkpoint([*args, "--out", str(out)], out / "checkpoints" / "base", 2)
     assert not (out / "metrics.parquet").exists()
     resumed = subprocess.run(
-        [*args, "--out", str(out), "--resume"], capture_output=True, text=True, env=ENV, timeout=600
+        [*args, "--out", str(out), "--resume"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=600,
     )
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming after generation" in resumed.stderr
@@ -240,6 +292,10 @@ def test_sigkill_neural_run_then_resume_is_bit_exact(tmp_path) -> None:
         pd.read_parquet(ref / "metrics.parquet"),
         check_exact=True,
     )
+    got, want = _final_state(out), _final_state(ref)
+    assert got.keys() == want.keys() and len(got) > 0
+    for key in want:
+        assert np.array_equal(got[key], want[key], equal_nan=True), key
 
 
 def _kill_after_checkpoint(args: list[str], arm_dir: Path, generation: int) -> None:
