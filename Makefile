@@ -17,7 +17,7 @@ $(VENV)/.core:
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.core pyproject.toml
-	$(PIP) install -q $(FIND_LINKS) -e ".[torch,dev]"
+	$(PIP) install -q $(FIND_LINKS) -e ".[torch,dev,ray]"
 	touch $@
 
 demo: $(VENV)/.installed

@@ -252,6 +252,117 @@ def validate_cmd(config: ConfigArg) -> None:
             f"{arm.name}: {c.loop.regime}, {c.model.family} on {c.data.source}, "
             f"bias {c.sampling.bias}, {c.generations} generations x {c.replicates} replicates"
         )
+    if arms[0].config.sweep is not None:
+        from madloop.sweep import plan
+
+        try:
+            p = plan(config)
+        except ConfigError as e:
+            fail(e.problems)
+        console.print(
+            f"sweep: {len(p.tasks) // p.seeds} points x {p.seeds} seeds = {len(p.tasks)} tasks"
+        )
+
+
+@app.command("sweep")
+def sweep_cmd(
+    config: ConfigArg,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Sweep directory (default: runs/NAME-sweep).")
+    ] = None,
+    executor: Annotated[
+        str | None,
+        typer.Option(
+            help="local (process pool), ray or serial (default local; ray with --address)."
+        ),
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (e.g. HOST:6379 or auto).")
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Processes / local Ray CPUs / tasks at once on a cluster."),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume/--fresh", help="Skip finished tasks, or start over.")
+    ] = True,
+    generation: Annotated[
+        int | None, typer.Option(min=1, help="Phase diagrams at this generation (default: last).")
+    ] = None,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Phase diagrams.")] = True,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Run the grid x seeds of CONFIG's sweep table; write results.parquet, theory.parquet,
+    sweep.json, tasks/ (one Parquet file per task) and plots/ (phase diagrams).
+    Exit 1 if a task failed."""
+    from madloop.executors import EXECUTORS
+    from madloop.sweep import plan, sweep
+
+    kind = executor or ("ray" if address else "local")
+    if kind not in EXECUTORS:
+        fail([f"--executor: unknown executor {kind!r} (available: {', '.join(EXECUTORS)})"])
+    if address and kind != "ray":
+        fail([f"--address: only the ray executor connects to a cluster (got --executor {kind})"])
+    try:
+        p = plan(config)
+    except ConfigError as e:
+        fail(e.problems)
+    for line in p.warnings:
+        err.print(f"[yellow]warning[/yellow]: {line}", highlight=False)
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=quiet,
+    ) as bar:
+        task = bar.add_task(p.name, total=len(p.tasks))
+        failed = 0
+
+        def on_start(plan_: object, to_run: int) -> None:
+            reused = len(p.tasks) - to_run
+            # reset, not update: the reused tasks must not count towards the speed (ETA)
+            bar.reset(task, total=len(p.tasks), completed=reused, description=f"{p.name}")
+
+        def progress(result: object, done: int, to_run: int) -> None:
+            nonlocal failed
+            failed += 0 if getattr(result, "ok", True) else 1
+            note = f", [red]{failed} failed[/red]" if failed else ""
+            bar.update(task, advance=1, description=f"{p.name}{note}")
+
+        try:
+            result = sweep(
+                config,
+                out=out,
+                executor=kind,
+                workers=workers,
+                address=address,
+                resume=resume,
+                generation=generation,
+                plots=plots,
+                progress=progress,
+                on_start=on_start,
+            )
+        except (ImportError, ConnectionError) as e:  # no Ray, or no cluster at --address
+            fail([str(e)])
+    if result.manifest["stale_tasks"]:
+        err.print(
+            f"[yellow]note[/yellow]: {len(result.manifest['stale_tasks'])} task directories in "
+            f"{result.out / 'tasks'} belong to no task of this sweep (an older grid or config); "
+            "results.parquet leaves them out, a glob over tasks/ does not (--fresh removes them)",
+            highlight=False,
+        )
+    for tid, message in result.errors.items():
+        err.print(f"[red]task failed[/red] {tid}: {message}", highlight=False, soft_wrap=True)
+    counts = ", ".join(
+        f"{n} {s}"
+        for s in ("done", "reused", "failed")
+        if (n := sum(v == s for v in result.status.values()))
+    )
+    console.print(f"{len(result.status)} tasks ({counts}); wrote {result.out}")
+    if result.errors:
+        raise typer.Exit(1)
 
 
 def main() -> None:

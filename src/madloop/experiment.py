@@ -44,6 +44,7 @@ from madloop.configs import (
     ModelConfig,
     SamplingConfig,
     Section,
+    SweepConfig,
     check_name,
     check_run_path,
 )
@@ -80,6 +81,7 @@ class _TopLevel(BaseModel):
     replicates: int = Field(1, ge=1, le=1_000_000)
     include_base: bool = True
     arms: list[dict[str, Any]] = Field(default_factory=list)
+    sweep: SweepConfig | None = None  # grid x seeds, run by `madloop sweep` (madloop.sweep)
 
 
 class ExperimentConfig(_TopLevel):
@@ -284,6 +286,12 @@ def validate(raw: Mapping[str, Any], *, arm: str | None = None) -> ExperimentCon
     except ValidationError as err:
         problems.extend(_format_errors("sampling", err, SamplingConfig))
     top = {k: v for k, v in raw.items() if k in TOP_LEVEL - {"data", "model", "loop", "sampling"}}
+    if top.get("sweep") is not None:  # checked on its own, so errors name its fields
+        try:
+            top["sweep"] = SweepConfig.model_validate(top["sweep"])
+        except ValidationError as err:
+            problems.extend(_format_errors("sweep", err, SweepConfig))
+            top.pop("sweep")
     try:
         top_checked = _TopLevel.model_validate(top)
     except ValidationError as err:
@@ -435,7 +443,11 @@ def resolve_arms(config: ExperimentConfig | Mapping[str, Any]) -> list[Arm]:
             continue
         seen.add(name)
         overrides = _nest_dotted({k: v for k, v in arm.items() if k != "name"})
-        bad = [k for k in overrides if k in {"arms", "name", "seed", "generations", "replicates"}]
+        bad = [
+            k
+            for k in overrides
+            if k in {"arms", "name", "seed", "generations", "replicates", "sweep"}
+        ]
         if bad:
             problems.append(f"arms[{name}].{bad[0]}: cannot be overridden per arm")
             continue
