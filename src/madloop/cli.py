@@ -60,8 +60,22 @@ def run_cmd(
     generations: Annotated[int | None, typer.Option(help="Override generations.")] = None,
     replicates: Annotated[int | None, typer.Option(help="Override replicates.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the run directory's checkpoints.")
+    ] = False,
+    keep_checkpoints: Annotated[
+        int, typer.Option("--keep-checkpoints", help="Checkpoints kept per arm.", min=1)
+    ] = 2,
+    checkpoint_every: Annotated[
+        int, typer.Option("--checkpoint-every", help="Checkpoint every K generations.", min=1)
+    ] = 1,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the memory and disk estimate and exit.")
+    ] = False,
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip plots/.")] = False,
 ) -> None:
     """Run every arm of CONFIG and write metrics.parquet, summary.csv, manifest.json, plots/."""
+    from madloop import resources
     from madloop.experiment import parse, run
 
     try:
@@ -70,6 +84,22 @@ def run_cmd(
         fail(e.problems)
     out = out or Path("runs") / base.name
     note_exact_fallback(arms)
+    estimate = resources.estimate(arms, keep_checkpoints=keep_checkpoints)
+    if dry_run:
+        for line in estimate.lines():
+            console.print(line, highlight=False, soft_wrap=True)
+        console.print(
+            f"available: memory {resources.human(resources.available_memory())}, disk "
+            f"{resources.human(resources.free_disk(out))} under {out}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        for line in resources.problems(estimate, out):
+            console.print(f"would be refused: {line}", highlight=False, soft_wrap=True)
+        return
+    too_big = resources.problems(estimate, out)
+    if too_big:
+        fail(too_big + estimate.lines())
     total = sum(a.config.generations for a in arms)
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -84,6 +114,9 @@ def run_cmd(
         def progress(arm: str, generation: int, generations: int) -> None:
             bar.update(task, advance=1, description=f"{base.name} [{arm}] gen {generation}")
 
+        def note(message: str) -> None:
+            err.print(f"[yellow]note[/yellow]: {message}", highlight=False, soft_wrap=True)
+
         try:
             result = run(
                 config,
@@ -92,6 +125,11 @@ def run_cmd(
                 generations=generations,
                 replicates=replicates,
                 progress=progress,
+                plots=not no_plots,
+                resume=resume,
+                keep_checkpoints=keep_checkpoints,
+                checkpoint_every=checkpoint_every,
+                log=note,
             )
         except ConfigError as e:
             fail(e.problems)

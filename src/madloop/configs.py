@@ -3,10 +3,12 @@ subclass, so a new one brings its own validated fields without touching the expe
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from typing import Any
+from pathlib import PurePosixPath
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 
 class Section(BaseModel):
@@ -21,6 +23,12 @@ class DataConfig(Section):
 
 class ModelConfig(Section):
     family: str
+    #: the fewest training points a fit accepts (validated for every generation of the loop)
+    min_train_size: ClassVar[int] = 1
+
+    def state_size(self, event_size: int) -> int | None:
+        """Floats of learned state per replicate, for ``madloop run --dry-run``; None: unknown."""
+        return None
 
     def bias_problem(self, bias: float) -> str | None:
         """Why ``sampling.bias`` is invalid for this family, or None. Default: λ in (0, 1]."""
@@ -70,3 +78,51 @@ class SweepConfig(Section):
         if problems:
             raise ValueError("; ".join(problems))
         return flat
+
+
+# -- names and paths that come from a config file --------------------------------------------------
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_name(value: str) -> str:
+    """A run or arm name: it becomes part of file names, so no path separators or control
+    characters, no leading dot or space, at most 100 characters."""
+    if not value:
+        raise ValueError("must not be empty")
+    if len(value) > 100:
+        raise ValueError(f"must be at most 100 characters (it has {len(value)})")
+    if "/" in value or "\\" in value or _CONTROL.search(value):
+        raise ValueError("must not contain '/', '\\' or control characters")
+    if value[0] in ". ":
+        raise ValueError("must not start with '.' or a space")
+    return value
+
+
+def check_run_path(value: str) -> str:
+    """A path written in a config file: relative, and inside the run directory once joined to it.
+
+    A config handed to you must not read or write elsewhere (``/etc/...``, ``~/.ssh``,
+    ``../../x``). Paths outside the run directory are given on the command line instead, where
+    the user typed them. Use the :data:`RunPath` type for such fields and
+    :func:`madloop.experiment.resolve_run_path` to open them (it also refuses symlinks that lead
+    out of the run directory).
+    """
+    text = str(value)
+    if not text or "\x00" in text:
+        raise ValueError("must be a non-empty path without NUL characters")
+    posix = text.replace("\\", "/")
+    if posix.startswith(("/", "~")) or re.match(r"^[A-Za-z]:", posix):
+        raise ValueError(
+            "must be a relative path inside the run directory; give a path outside it on the "
+            "command line"
+        )
+    if ".." in PurePosixPath(posix).parts:
+        raise ValueError(
+            "must stay inside the run directory ('..' is not allowed); give a path outside it "
+            "on the command line"
+        )
+    return text
+
+
+#: a config field holding a path: relative, inside the run directory (see :func:`check_run_path`)
+RunPath = Annotated[str, AfterValidator(check_run_path)]

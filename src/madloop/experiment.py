@@ -9,11 +9,13 @@ at once, one line each, naming the field, the value and the fix.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -24,13 +26,28 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+)
 
-from madloop.configs import DataConfig, ModelConfig, SamplingConfig, Section, SweepConfig
+from madloop.configs import (
+    DataConfig,
+    ModelConfig,
+    SamplingConfig,
+    Section,
+    SweepConfig,
+    check_name,
+    check_run_path,
+)
 from madloop.data import build_source, load_sources
 from madloop.loop import GenerationRecord, Loop
 from madloop.models.base import build_model, load_families
@@ -58,7 +75,7 @@ class LoopConfig(Section):
 class _TopLevel(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    name: str = "experiment"
+    name: Annotated[str, AfterValidator(check_name)] = "experiment"
     seed: int = Field(0, ge=0, lt=2**63)
     generations: int = Field(10, ge=1, le=1_000_000)
     replicates: int = Field(1, ge=1, le=1_000_000)
@@ -189,9 +206,11 @@ def _nest_dotted(table: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in table.items():
         node = out
-        parts = key.split(".")
+        parts = str(key).split(".")
         for p in parts[:-1]:
-            node = node.setdefault(p, {})
+            if not isinstance(node.get(p), dict):  # "loop.x" next to a non-table "loop"
+                node[p] = {}
+            node = node[p]
         if isinstance(value, Mapping):
             value = _nest_dotted(value)
         if isinstance(node.get(parts[-1]), dict) and isinstance(value, dict):
@@ -334,9 +353,10 @@ def _loop_problems(loop: LoopConfig, model: ModelConfig | None) -> list[str]:
                 f"'synthetic-augmentation' (generation 1 includes the fixed real set), got {n_ini}"
             )
     family = getattr(model, "family", None)
-    minimum = 2 if family == "gaussian" else 1
+    # a family declares the fewest points it can fit (ModelConfig.min_train_size)
+    minimum = getattr(model, "min_train_size", 1) if model is not None else 1
     need = f"must give >= {minimum} training points" + (
-        " (a Gaussian fit needs 2)" if minimum == 2 else ""
+        " (a Gaussian fit needs 2)" if family == "gaussian" and minimum == 2 else ""
     )
     if n_ini < minimum:
         field = (
@@ -365,6 +385,23 @@ def make_regime(loop: LoopConfig) -> Regime:
     return cls(**params)
 
 
+def resolve_run_path(run_dir: str | os.PathLike, value: str, *, field: str) -> Path:
+    """The file a config's path field names, inside ``run_dir``; raises :class:`ConfigError`
+    (naming ``field``) when it is absolute, climbs out with '..', or leads out through a symlink.
+    A path given on the command line is the user's own: open it directly, without this check."""
+    try:
+        check_run_path(value)
+    except ValueError as err:
+        raise ConfigError([f"{field}: {err}, got {value!r}"]) from None
+    root = Path(run_dir).resolve()
+    path = (root / value).resolve()
+    if not path.is_relative_to(root):
+        raise ConfigError(
+            [f"{field}: {value!r} leads out of the run directory {root} (through a symlink)"]
+        )
+    return path
+
+
 # -- arms -----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Arm:
@@ -391,11 +428,20 @@ def resolve_arms(config: ExperimentConfig | Mapping[str, Any]) -> list[Arm]:
     if base is not None and base.include_base:
         arms.append(Arm("base", base))
     seen = {"base"} if arms else set()
-    for i, arm in enumerate(raw.get("arms", []) or []):
+    arm_list = raw.get("arms", []) or []
+    if not isinstance(arm_list, list):
+        problems.append(f"arms: must be an array of tables ([[arms]]), got {arm_list!r}")
+        arm_list = []
+    for i, arm in enumerate(arm_list):
         if not isinstance(arm, Mapping) or not isinstance(arm.get("name"), str) or not arm["name"]:
             problems.append(f"arms[{i}].name: every arm needs a non-empty name")
             continue
         name = arm["name"]
+        try:
+            check_name(name)
+        except ValueError as err:
+            problems.append(f"arms[{i}].name: {err}, got {name!r}")
+            continue
         if name in seen:
             problems.append(f"arms[{i}].name: duplicate arm name {name!r}")
             continue
@@ -412,16 +458,19 @@ def resolve_arms(config: ExperimentConfig | Mapping[str, Any]) -> list[Arm]:
         merged = deep_merge(base_raw, overrides)
         for section, key in (("model", "family"), ("data", "source"), ("loop", "regime")):
             # switching family/source/regime drops the base's fields that belong to the old one
-            if key in overrides.get(section, {}) and overrides[section][key] != base_raw.get(
-                section, {}
-            ).get(key):
-                merged[section] = dict(overrides[section])
-                if section == "loop":  # sizes are common to every regime: keep those it knows
-                    known = _regime_configs().get(overrides[section][key], LoopConfig).model_fields
-                    if not getattr(REGIMES.get(overrides[section][key]), "uses_real_size", 1):
-                        known = {k: f for k, f in known.items() if k != "real_size"}
-                    kept = {k: v for k, v in base_raw.get("loop", {}).items() if k in known}
-                    merged[section] = {**kept, **overrides[section]}
+            over, under = overrides.get(section), base_raw.get(section)
+            if not isinstance(over, Mapping) or key not in over:
+                continue
+            if isinstance(under, Mapping) and over[key] == under.get(key):
+                continue
+            merged[section] = dict(over)
+            if section == "loop" and isinstance(under, Mapping) and isinstance(over[key], str):
+                # sizes are common to every regime: keep those it knows
+                known = _regime_configs().get(over[key], LoopConfig).model_fields
+                if not getattr(REGIMES.get(over[key]), "uses_real_size", 1):
+                    known = {k: f for k, f in known.items() if k != "real_size"}
+                kept = {k: v for k, v in under.items() if k in known}
+                merged[section] = {**kept, **over}
         try:
             arms.append(Arm(name, validate(merged, arm=name)))
         except ConfigError as err:
@@ -445,9 +494,13 @@ def load_config(source: str | os.PathLike | Mapping[str, Any] | ExperimentConfig
     if not path.exists():
         raise ConfigError([f"{path}: no such config file"])
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise ConfigError([f"{path}: not valid TOML: {err}"]) from None
+    except UnicodeDecodeError as err:
+        raise ConfigError([f"{path}: not a UTF-8 text file ({err.reason})"]) from None
+    except OSError as err:
+        raise ConfigError([f"{path}: cannot be read ({err.strerror or err})"]) from None
 
 
 def parse(source: Any, **overrides: Any) -> tuple[ExperimentConfig, list[Arm]]:
@@ -638,14 +691,16 @@ def summarize(metrics: pd.DataFrame, theory: pd.DataFrame | None = None) -> pd.D
         cols = keys + ["mean", "std_error", "median", "q05", "q95", "n", "theory"]
         return pd.DataFrame(columns=cols)
     g = metrics.groupby(keys, sort=False)["value"]
-    with np.errstate(invalid="ignore"):
+    # n counts the chains still running: a stopped chain reports NaN (see Loop.failed); ±inf
+    # values (log det of a singular fit) are reported as such
+    with np.errstate(invalid="ignore", over="ignore"):
         out = g.agg(
             mean="mean",
-            std_error=lambda v: v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else np.nan,
+            std_error=lambda v: v.std(ddof=1) / np.sqrt(v.count()) if v.count() > 1 else np.nan,
             median="median",
             q05=lambda v: v.quantile(0.05),
             q95=lambda v: v.quantile(0.95),
-            n="size",
+            n="count",
         ).reset_index()
     if theory is not None and not theory.empty:
         out = out.merge(theory, on=keys, how="left")
@@ -696,6 +751,9 @@ def write_parquet(frame: pd.DataFrame, path: Path) -> None:
 Progress = Callable[[str, int, int], None]  # (arm, generation, generations)
 
 
+Log = Callable[[str], None]
+
+
 def run(
     config: Any,
     *,
@@ -705,35 +763,90 @@ def run(
     replicates: int | None = None,
     progress: Progress | None = None,
     plots: bool = True,
+    resume: bool | None = None,
+    keep_checkpoints: int = 2,
+    checkpoint_every: int = 1,
+    log: Log | None = None,
 ) -> RunResult:
     """Run every arm of an experiment; return its tables, and write them to ``out`` if given.
 
-    ``config`` is a TOML path, a dict or an :class:`ExperimentConfig`.
+    ``config`` is a TOML path, a dict or an :class:`ExperimentConfig`. With ``out``, each arm is
+    checkpointed every ``checkpoint_every`` generations (and at its end) under
+    ``out/checkpoints/`` (see :mod:`madloop.checkpoint`), keeping the newest ``keep_checkpoints``.
+    ``resume=True`` continues each arm from its newest intact checkpoint (finished arms are not
+    recomputed) and gives the numbers of an uninterrupted run, bit for bit; ``resume=False`` (what
+    ``madloop run`` passes without ``--resume``) refuses a run directory that already holds
+    checkpoints; ``None`` starts afresh, removing them. ``log`` receives notes (resumes,
+    rejected checkpoints, stopped chains).
     """
+    from madloop.checkpoint import run_has_checkpoints
+
     base, arms = parse(config, seed=seed, generations=generations, replicates=replicates)
+    problems = []
+    if keep_checkpoints < 1:
+        problems.append(f"--keep-checkpoints: must be >= 1, got {keep_checkpoints}")
+    if checkpoint_every < 1:
+        problems.append(f"--checkpoint-every: must be >= 1, got {checkpoint_every}")
+    if problems:
+        raise ConfigError(problems)
     engine = next(
         (r for a in arms if (r := getattr(REGIMES[a.config.loop.regime], "run_experiment", None))),
         None,
     )
+    log = log or (lambda msg: None)
     if engine is not None:  # a regime with its own engine (web-pool: lineages sharing a pool)
+        if resume:
+            log("this regime runs on its own engine, which is not checkpointed: running it whole")
         return engine(base, arms, out=out, progress=progress, plots=plots)
     started = time.time()
     out = Path(out) if out is not None else None
-    frames, prov, timings, modes = [], [], {}, {}
+    if out is not None and resume is False and run_has_checkpoints(out):
+        raise ConfigError(
+            [
+                f"--out: {out} already holds the checkpoints of a run; pass --resume to continue "
+                "it, or give a new --out to start afresh"
+            ]
+        )
+    with contextlib.ExitStack() as stack:
+        if out is not None:
+            from madloop.checkpoint import CheckpointError, RunLock
+
+            try:
+                stack.enter_context(RunLock(out))
+            except CheckpointError as err:
+                raise ConfigError([f"--out: {err}"]) from None
+            if resume is None:  # a fresh run: old checkpoints must never mix with new ones
+                shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        result = _run_arms(
+            base, arms, out, started, resume, keep_checkpoints, checkpoint_every, progress, log
+        )
+        if out is not None:
+            write_run(result, Path(out), plots=plots)
+    return result
+
+
+def _run_arms(
+    base: ExperimentConfig,
+    arms: list[Arm],
+    out: Path | None,
+    started: float,
+    resume: bool | None,
+    keep_checkpoints: int,
+    checkpoint_every: int,
+    progress: Progress | None,
+    log: Log,
+) -> RunResult:
+    frames, prov, timings, modes, resumed, failures = [], [], {}, {}, {}, []
     for arm in arms:
         t0 = time.perf_counter()
-        loop = build_loop(arm)
-        if out is not None and hasattr(loop.real, "cache_dir"):
-            loop.real.cache_dir = out / "cache"  # e.g. the image metrics' feature network
+        loop, records, start = _run_arm(
+            arm, out, resume, keep_checkpoints, checkpoint_every, progress, log
+        )
         modes[arm.name] = "exact" if loop.exact else "sample"
-        records = []
-        T = arm.config.generations
-        for rec in loop.run(T):
-            records.append(rec)
-            if out is not None and rec.generation in gallery_generations(T):
-                write_gallery(loop, out, arm.name)
-            if progress is not None:
-                progress(arm.name, rec.generation, arm.config.generations)
+        if resume:
+            resumed[arm.name] = start
+        for r, (g, why) in sorted(loop.failed.items()):
+            failures.append({"arm": arm.name, "generation": g, "replicate": r, "reason": why})
         frames.append(records_to_frame(arm.name, records))
         prov.append(provenance_frame(arm.name, records))
         timings[arm.name] = round(time.perf_counter() - t0, 4)
@@ -751,11 +864,86 @@ def run(
         "command": " ".join(sys.argv),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "timings_s": {"arms": timings, "total": round(time.time() - started, 4)},
+        "failures": failures,
     }
-    result = RunResult(base, metrics, summary, provenance, manifest)
+    if resume:
+        manifest["resumed_from"] = resumed
+    return RunResult(base, metrics, summary, provenance, manifest)
+
+
+def _run_arm(
+    arm: Arm,
+    out: Path | None,
+    resume: bool | None,
+    keep: int,
+    every: int,
+    progress: Progress | None,
+    log: Log,
+) -> tuple[Loop, list[GenerationRecord], int]:
+    """One arm: restore it from its checkpoints if asked, run what is left, checkpoint it."""
+    from madloop.checkpoint import ArmCheckpoints, CheckpointError
+
+    loop = build_loop(arm)
+    if out is not None and hasattr(loop.real, "cache_dir"):
+        loop.real.cache_dir = out / "cache"  # e.g. the image metrics' feature network
+    T = arm.config.generations
+    records: list[GenerationRecord] = []
+    ckpt = None
     if out is not None:
-        write_run(result, Path(out), plots=plots)
-    return result
+        ckpt = ArmCheckpoints(
+            out / "checkpoints",
+            arm.name,
+            arm.config.to_dict(),
+            keep=keep,
+            log=log,
+            extra={"versions": _versions()},
+        )
+    if ckpt is not None and not hasattr(loop.model, "get_state"):
+        log(
+            f"arm '{arm.name}': family '{arm.config.model.family}' has no get_state(); "
+            "not checkpointed"
+        )
+        ckpt = None
+    if ckpt is not None and resume:
+        try:
+            restored = ckpt.restore(loop)
+        except CheckpointError as err:
+            raise ConfigError([f"--resume: {err}"]) from None
+        if restored is not None:
+            if restored.generation > T:
+                raise ConfigError(
+                    [
+                        f"generations: arm '{arm.name}' is already at generation "
+                        f"{restored.generation}; ask for >= {restored.generation} or use a new "
+                        "--out"
+                    ]
+                )
+            records = restored.records
+            done = restored.generation >= T or loop.stopped is not None
+            log(
+                f"arm '{arm.name}': finished at generation {restored.generation}; not recomputed"
+                if done
+                else f"arm '{arm.name}': resuming after generation {restored.generation}"
+            )
+            if progress is not None:
+                for rec in records:
+                    progress(arm.name, rec.generation, T)
+    start = loop.generation
+    for rec in loop.run(T):
+        records.append(rec)
+        for r, why in rec.failures.items():
+            log(f"arm '{arm.name}': chain {r} stopped at generation {rec.generation}: {why}")
+        if out is not None and rec.generation in gallery_generations(T):
+            if loop.stopped is None:
+                write_gallery(loop, out, arm.name)
+        if ckpt is not None:
+            ckpt.save_record(rec)
+            last = rec.generation >= T or loop.stopped is not None
+            if last or rec.generation % every == 0:
+                ckpt.save(loop, finished=last)
+        if progress is not None:
+            progress(arm.name, rec.generation, T)
+    return loop, records, start
 
 
 def write_run(result: RunResult, out: Path, *, plots: bool = True) -> None:

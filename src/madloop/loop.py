@@ -12,13 +12,15 @@ and after a resume, and adding a metric never changes a trajectory.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from madloop.metrics import evaluate
+from madloop.models.base import FitFailed
 from madloop.regimes import Draw, Kept, Regime
 from madloop.types import REAL, SYNTHETIC, Points, Stats
 
@@ -33,6 +35,7 @@ class GenerationRecord:
     metrics: dict[str, np.ndarray]  # name -> (R,)
     provenance: dict[tuple[int, int], np.ndarray]  # (source, origin generation) -> counts (R,)
     train_size: np.ndarray  # (R,)
+    failures: dict[int, str] = field(default_factory=dict)  # replicate -> why it stopped here
 
 
 def generation_seed(seed: int, stream: int, generation: int) -> np.random.SeedSequence:
@@ -91,6 +94,10 @@ class Loop:
         self.exact = exact and self.exact_supported(regime, model, real)
         self.generation = 0
         self.kept: dict[str, Batch] = {}
+        #: replicate -> (generation, reason) for chains whose training diverged; they stop
+        self.failed: dict[int, tuple[int, str]] = {}
+        self.stopped: str | None = None  # why every chain stopped, if they did
+        self._metric_names: list[str] = []
 
     @staticmethod
     def exact_supported(regime: Regime, model: Any, real: Any) -> bool:
@@ -113,18 +120,69 @@ class Loop:
         for name, parts in comp.keep.items():
             self.kept[name] = self._unite(parts, drawn, draw_rng, t)
 
+        failures: dict[int, str] = {}
+        try:
+            if self.exact:
+                self.model.fit_stats(train)
+            else:
+                fit_rng = np.random.default_rng(child_seed(self.seed, self.stream, t, FIT))
+                self.model.fit_points(train, rng=fit_rng)
+        except FitFailed as err:
+            for r in range(self.replicates) if err.replicates is None else err.replicates:
+                failures[r] = err.reason_for(r)
         if self.exact:
-            self.model.fit_stats(train)
             provenance, size = train.provenance, train.count
         else:
-            fit_rng = np.random.default_rng(child_seed(self.seed, self.stream, t, FIT))
-            self.model.fit_points(train, rng=fit_rng)
             provenance = train.provenance_counts()
             size = np.full(train.replicates, train.size)
         self.generation = t
-        metric_rng = np.random.default_rng(child_seed(self.seed, self.stream, t, METRIC))
-        metrics = evaluate(self.model, self.real, rng=metric_rng, generation=t, bias=self.bias)
-        return GenerationRecord(t, metrics, provenance, np.asarray(size))
+        failures.update(self._check_state(failures))
+        failures = {r: why for r, why in sorted(failures.items()) if r not in self.failed}
+        for r, why in failures.items():
+            self.failed[r] = (t, why)
+        if len(self.failed) == self.replicates:
+            self.stopped = f"every chain stopped (last at generation {t})"
+            nan = np.full(self.replicates, np.nan)
+            metrics = {name: nan.copy() for name in self._metric_names}
+        else:
+            metric_rng = np.random.default_rng(child_seed(self.seed, self.stream, t, METRIC))
+            metrics = evaluate(self.model, self.real, rng=metric_rng, generation=t, bias=self.bias)
+            self._metric_names = list(metrics)
+            if self.failed:  # a stopped chain reports NaN from its failure on
+                dead = sorted(self.failed)
+                metrics = {k: _masked(v, dead) for k, v in metrics.items()}
+        return GenerationRecord(t, metrics, provenance, np.asarray(size), failures)
+
+    # -- diverged training ----------------------------------------------------------------------
+    def _check_state(self, raised: dict[int, str]) -> dict[int, str]:
+        """Chains whose fitted state is not finite, and keep failed chains computable.
+
+        The state layout follows the checkpoint contract: arrays with a leading replicate axis R
+        (vectorised families) or keys ``r{i}/...`` (:class:`PerReplicate`) belong to one chain;
+        any other array belongs to all of them. A failed chain's arrays are overwritten with a
+        healthy chain's, so the batch stays finite for the others' sake (its own numbers are
+        masked as NaN from then on); a non-finite shared array stops every chain.
+        """
+        R = self.replicates
+        if not hasattr(self.model, "get_state"):  # outside the checkpoint contract: only FitFailed
+            return {}
+        state = self.model.get_state()
+        bad: dict[int, str] = {}
+        for key, arr in state.items():
+            arr = np.asarray(arr)
+            if not np.issubdtype(arr.dtype, np.number) or np.isfinite(arr).all():
+                continue
+            r = _replicate_of(key, arr, R)
+            if r is None:
+                why = f"non-finite fitted state '{key}' (shared by all chains)"
+                return dict.fromkeys(range(R), why)
+            for i in r:
+                bad.setdefault(i, f"non-finite fitted state '{key}'")
+        dead = set(self.failed) | set(raised) | set(bad)
+        healthy = [i for i in range(R) if i not in dead]
+        if dead and healthy:
+            self.model.set_state(_patched(state, R, sorted(dead), healthy[0]))
+        return bad
 
     def gallery(self, n: int) -> Points:
         """n samples of the current model for a gallery, from their own seed stream (drawing
@@ -136,7 +194,7 @@ class Loop:
         return points
 
     def run(self, generations: int) -> Iterator[GenerationRecord]:
-        while self.generation < generations:
+        while self.generation < generations and self.stopped is None:
             yield self.step()
 
     # -- composing ------------------------------------------------------------------------------
@@ -175,6 +233,43 @@ class Loop:
         points.source = np.full(points.X.shape[:2], source, dtype=np.int8)
         points.origin = np.full(points.X.shape[:2], origin, dtype=np.int32)
         return points
+
+
+_REPLICATE_KEY = re.compile(r"^r(\d+)/(.*)$")
+
+
+def _replicate_of(key: str, arr: np.ndarray, R: int) -> list[int] | None:
+    """Replicates whose entries of ``arr`` are not finite; None when the array is shared."""
+    m = _REPLICATE_KEY.match(key)
+    if m:
+        return [int(m[1])]
+    if arr.ndim >= 1 and arr.shape[0] == R:
+        finite = np.isfinite(arr.reshape(R, -1)).all(axis=1)
+        return [int(i) for i in np.flatnonzero(~finite)]
+    return None
+
+
+def _patched(state: dict[str, np.ndarray], R: int, dead: list[int], donor: int) -> dict:
+    out = {}
+    for key, arr in state.items():
+        m = _REPLICATE_KEY.match(key)
+        if m:
+            donor_key = f"r{donor}/{m[2]}"
+            out[key] = state[donor_key] if int(m[1]) in dead and donor_key in state else arr
+        elif np.ndim(arr) >= 1 and np.shape(arr)[0] == R:
+            arr = np.array(arr, copy=True)
+            arr[dead] = arr[donor]
+            out[key] = arr
+        else:
+            out[key] = arr
+    return out
+
+
+def _masked(values: np.ndarray, dead: list[int]) -> np.ndarray:
+    values = np.array(values, dtype=float, copy=True)
+    if values.ndim == 1:
+        values[[r for r in dead if r < values.size]] = np.nan
+    return values
 
 
 def _subsample(points: Points, k: int, rng: np.random.Generator) -> Points:

@@ -102,6 +102,8 @@ def expected_moments(
             if id(part) in drawn:
                 return drawn[id(part)]
             m = part.size
+            if m == 0:  # an empty batch (e.g. real_size = 0) adds nothing, not even noise
+                return _Aggregate(0.0, np.zeros(0), 0.0)
             real = part.source == "real" or t == 1
             scale = 1.0 if real else bias * b_prev
             v.append(scale / m)

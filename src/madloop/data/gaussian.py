@@ -40,13 +40,17 @@ class GaussianDataConfig(DataConfig):
                 raise ValueError(
                     f"covariance: must be a {self.dim}x{self.dim} matrix, got shape {cov.shape}"
                 )
-            if not np.all(np.isfinite(cov)) or not np.allclose(cov, cov.T):
-                raise ValueError("covariance: must be a finite symmetric matrix")
-            smallest = float(np.linalg.eigvalsh(cov).min())
-            if smallest <= 0:
+            if not np.all(np.isfinite(cov)):
+                raise ValueError("covariance: must be finite (it holds NaN or inf)")
+            if not np.allclose(cov, cov.T):
+                raise ValueError("covariance: must be a symmetric matrix")
+            low = float(np.linalg.eigvalsh(cov).min())
+            if low <= 0:
+                what = "a zero-variance direction" if low == 0 else "a negative variance"
                 raise ValueError(
                     "covariance: must be positive definite (all eigenvalues > 0), got smallest "
-                    f"eigenvalue {smallest:.4g}"
+                    f"eigenvalue {low:.4g}: {what}; give that direction a small positive "
+                    "variance or drop the dimension"
                 )
         return self
 

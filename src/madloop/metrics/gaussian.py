@@ -60,11 +60,13 @@ def gaussian_metrics(
         rhs = np.concatenate(
             [np.broadcast_to(factor0, (ok.sum(), d, d)), diff[ok][:, :, None]], axis=2
         )
-        with np.errstate(over="ignore", invalid="ignore"):
-            sol = solve_lower(factor[ok], rhs)  # L_t^{-1} [L_0 | μ_t - μ_0]
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            sol = _solve(factor[ok], rhs)  # L_t^{-1} [L_0 | μ_t - μ_0]
             trace_term = np.einsum("rij,rij->r", sol[:, :, :d], sol[:, :, :d])
             maha = np.einsum("ri,ri->r", sol[:, :, d], sol[:, :, d])
-            kl[ok] = 0.5 * (trace_term + maha - d + ld[ok] - ld0)
+            value = 0.5 * (trace_term + maha - d + ld[ok] - ld0)
+        # a factor so collapsed that L_t^{-1} overflows (inf - inf = NaN): the divergence is +inf
+        kl[ok] = np.where(np.isnan(value), np.inf, value)
     return {
         "mean_error_sq": mean_error_sq,
         "trace_ratio": tr / tr0,
@@ -72,6 +74,21 @@ def gaussian_metrics(
         "wasserstein2": np.sqrt(w2_sq),
         "kl_divergence": kl,
     }
+
+
+def _solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Batched solve; a factor whose diagonal underflowed to subnormals (bias λ -> 0 collapses
+    Σ_t geometrically) can be singular to LAPACK though positive: its solution is +inf."""
+    try:
+        return solve_lower(a, b)
+    except np.linalg.LinAlgError:  # LAPACK (d > 48) calls a subnormal diagonal singular
+        out = np.empty(b.shape)  # (R, d, k): a is (R, d, d)
+        for i in range(a.shape[0]):
+            try:
+                out[i] = np.linalg.solve(a[i], b[i])
+            except np.linalg.LinAlgError:
+                out[i] = np.inf
+        return out
 
 
 def _applies(model: Any, real: Any) -> bool:

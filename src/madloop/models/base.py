@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Self
@@ -16,6 +17,32 @@ from madloop.types import SYNTHETIC, Points, RealSource
 
 class NotFittedError(RuntimeError):
     """A model was asked to sample or score before ``fit``."""
+
+
+class FitFailed(RuntimeError):
+    """Training diverged (NaN loss, an exploding step...): raise it from ``fit`` / ``fit_points``.
+
+    The loop marks the generation failed with ``reason`` and stops the chains named in
+    ``replicates`` (all of them when None); the other chains and arms go on. ``reason`` may map
+    replicate -> reason when they differ. A family may also just leave non-finite values in its
+    state: the loop checks ``get_state()`` after every fit and treats that the same way.
+    """
+
+    def __init__(
+        self, reason: str | Mapping[int, str], *, replicates: Iterable[int] | None = None
+    ) -> None:
+        if isinstance(reason, Mapping):
+            self.reasons = {int(r): str(v) for r, v in reason.items()}
+            replicates = self.reasons if replicates is None else replicates
+            reason = "; ".join(f"replicate {r}: {v}" for r, v in self.reasons.items())
+        else:
+            self.reasons = {}
+        self.replicates = None if replicates is None else sorted(int(r) for r in replicates)
+        self.reason = str(reason)
+        super().__init__(self.reason)
+
+    def reason_for(self, replicate: int) -> str:
+        return self.reasons.get(replicate, self.reason)
 
 
 def check_is_fitted(model: object, attribute: str) -> None:
@@ -65,8 +92,26 @@ def load_families() -> dict[str, FamilySpec]:
             except ImportError:  # an optional extra (torch, ...) is missing
                 pass
         for ep in entry_points(group="madloop.families"):
-            spec = ep.load()
-            register_family(spec() if callable(spec) and not isinstance(spec, FamilySpec) else spec)
+            try:
+                spec = ep.load()
+                spec = spec() if callable(spec) and not isinstance(spec, FamilySpec) else spec
+            except Exception as err:  # a broken plugin must not break every config
+                warnings.warn(
+                    f"madloop.families entry point {ep.name!r} ({ep.value}) failed to load: "
+                    f"{type(err).__name__}: {err}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                continue
+            if not isinstance(spec, FamilySpec):
+                warnings.warn(
+                    f"madloop.families entry point {ep.name!r} gave {type(spec).__name__}, "
+                    "not a FamilySpec; ignored",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                continue
+            register_family(spec)
     return FAMILIES
 
 
@@ -83,11 +128,17 @@ class PerReplicate:
 
     def fit_points(self, points: Points, *, rng: np.random.Generator) -> Self:
         X = points.global_X()
+        failed: dict[int, str] = {}
         for r, (model, child) in enumerate(
             zip(self.models, rng.spawn(len(self.models)), strict=True)
         ):
             y = None if points.y is None else points.y[r]
-            model.fit(X[r], y, rng=child)
+            try:
+                model.fit(X[r], y, rng=child)
+            except FitFailed as err:  # one chain diverged: fit the others, then report it
+                failed[r] = err.reason
+        if failed:
+            raise FitFailed(failed)
         return self
 
     def sample_points(self, n: int, *, bias: float, rng: np.random.Generator) -> Points:

@@ -15,7 +15,7 @@ over thousands of generations stays accurate and log det Σ = 2 Σ log|L_ii| nev
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import ClassVar, Literal, Self
 
 import numpy as np
 
@@ -29,6 +29,11 @@ class GaussianConfig(ModelConfig):
     family: Literal["gaussian"] = "gaussian"
     mode: Literal["exact", "sample"] = "exact"
     covariance_estimator: Literal["unbiased", "mle"] = "unbiased"
+    min_train_size: ClassVar[int] = 2  # a covariance needs two points
+
+    def state_size(self, event_size: int) -> int:
+        """Floats of learned state per replicate (mean, covariance factor, count)."""
+        return event_size * event_size + event_size + 1
 
 
 class GaussianFamily:

@@ -1,0 +1,62 @@
+"""What checkpointing after every generation costs: the same runs with and without a run
+directory's checkpoints, timed in one process, best of 3, and the ratio printed.
+
+    .venv/bin/python benchmarks/checkpoint_overhead.py
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from madloop.experiment import parse, run
+
+ROOT = Path(__file__).resolve().parents[1]
+CASES = {
+    "flagship (exact, 4 arms x 50 gens x 200 reps)": str(ROOT / "examples" / "mad-gaussian.toml"),
+    "sample mode (d=10, 2,000 pts, 50 gens x 20 reps)": {
+        "generations": 50,
+        "replicates": 20,
+        "data": {"source": "gaussian", "dim": 10},
+        "model": {"family": "gaussian", "mode": "sample"},
+        "loop": {"regime": "fully-synthetic", "synthetic_size": 2000},
+    },
+}
+
+
+def best(fn, repeat: int = 3) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main() -> None:
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        counter = iter(range(10**6))
+        for name, cfg in CASES.items():
+            plain = best(lambda cfg=cfg: run(cfg, plots=False))
+            every = best(lambda cfg=cfg: run(cfg, out=tmp / f"{next(counter)}", plots=False))
+            tenth = best(
+                lambda cfg=cfg: run(
+                    cfg, out=tmp / f"{next(counter)}", plots=False, checkpoint_every=10
+                )
+            )
+            _, arms = parse(cfg)
+            gens = sum(a.config.generations for a in arms)
+            print(
+                f"{name}: no checkpoints {plain:.3f} s | every generation {every:.3f} s "
+                f"(x{every / plain:.2f}, {1000 * (every - plain) / gens:.2f} ms per checkpoint) | "
+                f"every 10th {tenth:.3f} s (x{tenth / plain:.2f})"
+            )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
