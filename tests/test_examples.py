@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,15 @@ def test_one_example_per_regime():
 def test_example_validates_and_runs(path: Path):
     base, arms = parse(path)
     assert arms and base.name == path.stem
-    res = madloop.run(path, generations=3, replicates=4, plots=False)
+    raw = tomllib.loads(path.read_text())
+    if "steps" in raw["model"]:  # a neural example: validate its arms, train each only briefly
+        raw["model"]["steps"] = 3
+        for arm in raw.get("arms", []):
+            arm.pop("model.steps", None)
+            arm.get("model", {}).pop("steps", None)
+        if "eval_size" in raw["data"]:
+            raw["data"]["eval_size"] = 100
+    res = madloop.run(raw, generations=3, replicates=4, plots=False)
     # a web-pool arm reports one chain per lineage, as "<arm>:<lineage>"
     assert {name.split(":")[0] for name in res.metrics["arm"]} == {a.name for a in arms}
     assert np.isfinite(res.metrics["value"]).all()
