@@ -1,5 +1,6 @@
 """Torch plumbing shared by the neural families (ddpm, vae): config fields, devices, generators,
-and the checkpoint contract (learned state as named numpy arrays, never pickle).
+and seeded initialisation. Generators and array-only checkpoints come from
+:mod:`madloop.models.torchkit`, shared with the gan and flow families.
 
 Randomness: every torch random call takes a ``torch.Generator`` seeded from the numpy generator the
 loop hands in, so a seed fixes every number; torch's global generator is never seeded, and the
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
 import torch
 from pydantic import Field
 
@@ -39,12 +39,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("model.device = 'cuda' but no CUDA device is available; use 'auto'")
     return torch.device(name)
-
-
-def torch_generator(rng: np.random.Generator, device: torch.device) -> torch.Generator:
-    """A torch generator seeded from the numpy stream (one draw from it)."""
-    seed = int(rng.integers(0, 2**63 - 1))
-    return torch.Generator(device=device).manual_seed(seed)
 
 
 def init_weights(module: torch.nn.Module, g: torch.Generator) -> None:
@@ -77,43 +71,3 @@ class threads:
     def __exit__(self, *exc: object) -> None:
         if self.n:
             torch.set_num_threads(self.before)
-
-
-def module_state(prefix: str, module: torch.nn.Module) -> dict[str, np.ndarray]:
-    return {
-        f"{prefix}/{k}": v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()
-    }
-
-
-def load_module_state(prefix: str, module: torch.nn.Module, state: dict[str, np.ndarray]) -> None:
-    own = module.state_dict()
-    sd = {k: torch.as_tensor(state[f"{prefix}/{k}"]) for k in own}
-    module.load_state_dict(sd)
-
-
-def optimizer_state(prefix: str, opt: torch.optim.Optimizer) -> dict[str, np.ndarray]:
-    """Adam's moments and step counts per parameter index, as arrays."""
-    out = {}
-    for idx, st in opt.state_dict()["state"].items():
-        for key, value in st.items():
-            arr = value.detach().cpu().numpy() if torch.is_tensor(value) else np.asarray(value)
-            out[f"{prefix}/{idx}/{key}"] = arr.copy()
-    return out
-
-
-def load_optimizer_state(
-    prefix: str, opt: torch.optim.Optimizer, state: dict[str, np.ndarray], device: torch.device
-) -> None:
-    sd = opt.state_dict()
-    per_param: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in state.items():
-        if not key.startswith(prefix + "/"):
-            continue
-        idx, name = key[len(prefix) + 1 :].split("/", 1)
-        tensor = torch.as_tensor(np.asarray(value))
-        # Adam keeps ``step`` as a CPU float tensor; the moments live with the parameters
-        per_param.setdefault(int(idx), {})[name] = (
-            tensor.to(torch.float32) if name == "step" else tensor.to(device)
-        )
-    sd["state"] = per_param
-    opt.load_state_dict(sd)

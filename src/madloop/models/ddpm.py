@@ -28,18 +28,15 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
-from madloop.models._torch import (
-    TorchModelConfig,
-    init_weights,
-    load_module_state,
-    load_optimizer_state,
-    module_state,
-    optimizer_state,
-    resolve_device,
-    threads,
+from madloop.models._torch import TorchModelConfig, init_weights, resolve_device, threads
+from madloop.models.base import FamilySpec, PerReplicate, check_is_fitted, register_family
+from madloop.models.torchkit import (
+    load_module_arrays,
+    load_optimizer_arrays,
+    module_arrays,
+    optimizer_arrays,
     torch_generator,
 )
-from madloop.models.base import FamilySpec, PerReplicate, check_is_fitted, register_family
 
 
 def guidance_to_lambda(w: float) -> float:
@@ -386,24 +383,24 @@ class DDPM:
             "scale": self.scale_,
             "lo": self.lo_,
             "hi": self.hi_,
-            **module_state("net", self.net_),
+            **module_arrays("net", self.net_),
         }
         if self.class_prior_ is not None:
             state["class_prior"] = self.class_prior_
         if self.config.warm_start:  # only a warm start continues the optimizer
-            state.update(optimizer_state("opt", self.opt_))
+            state.update(optimizer_arrays("opt", self.opt_))
         return state
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
         if not state:
             return
         self._build(tuple(np.asarray(state["event_shape"]).tolist()), int(state["n_classes"]))
-        load_module_state("net", self.net_, state)
+        load_module_arrays("net", self.net_, state)
         self.shift_, self.scale_ = np.asarray(state["shift"]), np.asarray(state["scale"])
         self.lo_, self.hi_ = np.asarray(state["lo"]), np.asarray(state["hi"])
         self.class_prior_ = np.asarray(state["class_prior"]) if "class_prior" in state else None
         if any(k.startswith("opt/") for k in state):
-            load_optimizer_state("opt", self.opt_, state, self.device)
+            load_optimizer_arrays("opt", self.opt_, state)
 
 
 def _build(config: DDPMConfig, *, replicates: int, real: object) -> PerReplicate:
