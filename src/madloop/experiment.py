@@ -850,6 +850,23 @@ def _run_arms(
         frames.append(records_to_frame(arm.name, records))
         prov.append(provenance_frame(arm.name, records))
         timings[arm.name] = round(time.perf_counter() - t0, 4)
+    extra: dict[str, Any] = {"failures": failures}
+    if resume:
+        extra["resumed_from"] = resumed
+    return assemble_result(base, arms, frames, prov, modes, timings, started, extra)
+
+
+def assemble_result(
+    base: ExperimentConfig,
+    arms: list[Arm],
+    frames: list[pd.DataFrame],
+    prov: list[pd.DataFrame],
+    modes: dict[str, str],
+    timings: dict[str, float],
+    started: float,
+    extra: dict[str, Any] | None = None,
+) -> RunResult:
+    """The run's tables and manifest from each arm's records (shared by every engine)."""
     metrics = pd.concat(frames, ignore_index=True)
     summary = summarize(metrics, theory_frame(arms))
     provenance = pd.concat(prov, ignore_index=True)
@@ -864,10 +881,8 @@ def _run_arms(
         "command": " ".join(sys.argv),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "timings_s": {"arms": timings, "total": round(time.time() - started, 4)},
-        "failures": failures,
+        **(extra or {}),
     }
-    if resume:
-        manifest["resumed_from"] = resumed
     return RunResult(base, metrics, summary, provenance, manifest)
 
 

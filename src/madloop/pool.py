@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 import re
-import sys
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping
@@ -53,16 +52,13 @@ from madloop.experiment import (
     LoopConfig,
     RunResult,
     _format_errors,
-    _git_commit,
     _nest_dotted,
-    _versions,
+    assemble_result,
     build_loop,
     deep_merge,
     gallery_generations,
     provenance_frame,
     records_to_frame,
-    summarize,
-    theory_frame,
     write_gallery,
     write_run,
 )
@@ -895,22 +891,7 @@ def run_experiment(
             frames.append(records_to_frame(arm.name, recs))
             prov.append(provenance_frame(arm.name, recs))
         timings[arm.name] = round(time.perf_counter() - t0, 4)
-    metrics = pd.concat(frames, ignore_index=True)
-    summary = summarize(metrics, theory_frame(arms))
-    provenance = pd.concat(prov, ignore_index=True)
-    manifest = {
-        "name": base.name,
-        "seed": base.seed,
-        "config": {**base.to_dict()},
-        "arms": {a.name: a.config.to_dict() for a in arms},
-        "modes": modes,
-        "versions": _versions(),
-        "git_commit": _git_commit(),
-        "command": " ".join(sys.argv),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "timings_s": {"arms": timings, "total": round(time.time() - started, 4)},
-    }
-    result = RunResult(base, metrics, summary, provenance, manifest)
+    result = assemble_result(base, arms, frames, prov, modes, timings, started)
     if out is not None:
         write_run(result, out, plots=plots)
     return result
