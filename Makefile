@@ -8,7 +8,7 @@ TORCH_PIN := torch==2.13.0
 WHEELS ?= /opt/wheels
 FIND_LINKS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),)
 
-.PHONY: demo test test-all lint bench clean
+.PHONY: demo test test-slow test-all lint bench clean
 
 $(VENV)/.core:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	RAY_USAGE_STATS_ENABLED=0 $(PY) -m pytest -n 2
+
+test-slow: $(VENV)/.installed
+	RAY_USAGE_STATS_ENABLED=0 $(PY) -m pytest -n 2 -m slow
 
 test-all: $(VENV)/.installed
 	RAY_USAGE_STATS_ENABLED=0 $(PY) -m pytest -n 2 -m ""
