@@ -49,6 +49,18 @@ def note_exact_fallback(arms: list) -> None:
             )
 
 
+def progress_bar(quiet: bool) -> Progress:
+    """The one progress bar every long command shows (on stderr, with an ETA)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=quiet,
+    )
+
+
 ConfigArg = Annotated[Path, typer.Argument(help="Experiment config (TOML).", show_default=False)]
 
 
@@ -101,14 +113,7 @@ def run_cmd(
     if too_big:
         fail(too_big + estimate.lines())
     total = sum(a.config.generations for a in arms)
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        disable=quiet,
-    ) as bar:
+    with progress_bar(quiet) as bar:
         task = bar.add_task(base.name, total=total)
 
         def progress(arm: str, generation: int, generations: int) -> None:
@@ -309,14 +314,7 @@ def sweep_cmd(
         fail(e.problems)
     for line in p.warnings:
         err.print(f"[yellow]warning[/yellow]: {line}", highlight=False)
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        disable=quiet,
-    ) as bar:
+    with progress_bar(quiet) as bar:
         task = bar.add_task(p.name, total=len(p.tasks))
         failed = 0
 
