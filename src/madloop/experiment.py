@@ -52,7 +52,8 @@ from madloop.data import build_source, load_sources
 from madloop.loop import GenerationRecord, Loop
 from madloop.models.base import build_model, load_families
 from madloop.regimes import REGIMES, Regime
-from madloop.types import SOURCE_NAMES
+from madloop.storage import write_atomic, write_parquet
+from madloop.tables import long_table, provenance_table, summarize
 
 SizeField = int | list[int]
 
@@ -569,46 +570,6 @@ class RunResult:
     out: Path | None = None
 
 
-def records_to_frame(arm: str, records: list[GenerationRecord]) -> pd.DataFrame:
-    frames = []
-    for rec in records:
-        for metric, values in rec.metrics.items():
-            values = np.asarray(values, dtype=float)
-            frames.append(
-                pd.DataFrame(
-                    {
-                        "arm": arm,
-                        "generation": rec.generation,
-                        "replicate": np.arange(values.size),
-                        "metric": metric,
-                        "value": values,
-                    }
-                )
-            )
-    if not frames:
-        return pd.DataFrame(columns=["arm", "generation", "replicate", "metric", "value"])
-    return pd.concat(frames, ignore_index=True)
-
-
-def provenance_frame(arm: str, records: list[GenerationRecord]) -> pd.DataFrame:
-    rows = []
-    for rec in records:
-        for (source, origin), counts in sorted(rec.provenance.items()):
-            counts = np.asarray(counts)
-            rows.append(
-                {
-                    "arm": arm,
-                    "generation": rec.generation,
-                    "source": SOURCE_NAMES.get(source, str(source)),
-                    "origin_generation": origin,
-                    "count_mean": float(np.mean(counts)),
-                    "count_min": int(np.min(counts)),
-                    "count_max": int(np.max(counts)),
-                }
-            )
-    return pd.DataFrame(rows)
-
-
 def theory_frame(arms: list[Arm]) -> pd.DataFrame:
     """Closed-form expectations per arm, generation and metric, where the theory module has one."""
     from madloop import theory
@@ -684,31 +645,6 @@ def _discrete_theory(arm: Arm) -> list[pd.DataFrame]:
     ]
 
 
-def summarize(metrics: pd.DataFrame, theory: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per arm, generation and metric: mean, std_error, median, q05, q95, n, and theory."""
-    keys = ["arm", "generation", "metric"]
-    if metrics.empty:
-        cols = keys + ["mean", "std_error", "median", "q05", "q95", "n", "theory"]
-        return pd.DataFrame(columns=cols)
-    g = metrics.groupby(keys, sort=False)["value"]
-    # n counts the chains still running: a stopped chain reports NaN (see Loop.failed); ±inf
-    # values (log det of a singular fit) are reported as such
-    with np.errstate(invalid="ignore", over="ignore"):
-        out = g.agg(
-            mean="mean",
-            std_error=lambda v: v.std(ddof=1) / np.sqrt(v.count()) if v.count() > 1 else np.nan,
-            median="median",
-            q05=lambda v: v.quantile(0.05),
-            q95=lambda v: v.quantile(0.95),
-            n="count",
-        ).reset_index()
-    if theory is not None and not theory.empty:
-        out = out.merge(theory, on=keys, how="left")
-    else:
-        out["theory"] = np.nan
-    return out
-
-
 def _git_commit() -> str | None:
     try:
         here = Path(__file__).resolve().parent
@@ -728,24 +664,6 @@ def _versions() -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return out
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write to a temporary file beside ``path``, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data.encode() if isinstance(data, str) else data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def write_parquet(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
 
 
 Progress = Callable[[str, int, int], None]  # (arm, generation, generations)
@@ -847,8 +765,8 @@ def _run_arms(
             resumed[arm.name] = start
         for r, (g, why) in sorted(loop.failed.items()):
             failures.append({"arm": arm.name, "generation": g, "replicate": r, "reason": why})
-        frames.append(records_to_frame(arm.name, records))
-        prov.append(provenance_frame(arm.name, records))
+        frames.append(long_table(arm.name, records))
+        prov.append(provenance_table(arm.name, records))
         timings[arm.name] = round(time.perf_counter() - t0, 4)
     extra: dict[str, Any] = {"failures": failures}
     if resume:

@@ -57,14 +57,13 @@ from madloop.experiment import (
     build_loop,
     deep_merge,
     gallery_generations,
-    provenance_frame,
-    records_to_frame,
     write_gallery,
     write_run,
 )
 from madloop.metrics import evaluate
 from madloop.models.base import build_model, load_families
 from madloop.regimes import Composition, Regime, register_regime
+from madloop.tables import long_table, provenance_table
 from madloop.theory_pool import REAL_SOURCE, Cohort, LineageLaw, apportion, pool_moments
 from madloop.types import Points, Stats
 
@@ -788,7 +787,7 @@ def pool_frames(
     for k, name in enumerate(names):
         label = lineage_arm(arm, name, K)
         recs = [gen[k] for gen in records]
-        metrics.append(_long_table(label, recs))
+        metrics.append(long_table(label, recs))
         rows = []
         for r in recs:
             for (source, published), counts in sorted(r.counts.items()):
@@ -809,30 +808,6 @@ def pool_frames(
                 )
         prov.append(pd.DataFrame(rows))
     return pd.concat(metrics, ignore_index=True), pd.concat(prov, ignore_index=True)
-
-
-def _long_table(arm: str, recs: list[PoolRecord]) -> pd.DataFrame:
-    """(arm, generation, replicate, metric, value) in one frame construction (the per-record
-    frames of experiment.records_to_frame cost more than a Gaussian generation)."""
-    gens, reps, names, values = [], [], [], []
-    for r in recs:
-        for metric, v in r.metrics.items():
-            v = np.asarray(v, dtype=float)
-            gens.append(np.full(v.size, r.generation))
-            reps.append(np.arange(v.size))
-            names.append(np.full(v.size, metric, dtype=object))
-            values.append(v)
-    if not values:
-        return records_to_frame(arm, [])
-    return pd.DataFrame(
-        {
-            "arm": arm,
-            "generation": np.concatenate(gens),
-            "replicate": np.concatenate(reps),
-            "metric": np.concatenate(names),
-            "value": np.concatenate(values),
-        }
-    )
 
 
 def write_pool_gallery(loop: PoolLoop, out: Path, arm: str) -> list[Path]:
@@ -888,8 +863,8 @@ def run_experiment(
                     write_gallery(single, out, arm.name)
                 if progress is not None:
                     progress(arm.name, rec.generation, T)
-            frames.append(records_to_frame(arm.name, recs))
-            prov.append(provenance_frame(arm.name, recs))
+            frames.append(long_table(arm.name, recs))
+            prov.append(provenance_table(arm.name, recs))
         timings[arm.name] = round(time.perf_counter() - t0, 4)
     result = assemble_result(base, arms, frames, prov, modes, timings, started)
     if out is not None:

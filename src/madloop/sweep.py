@@ -64,9 +64,8 @@ from madloop.experiment import (
     load_config,
     resolve_arms,
     run,
-    write_atomic,
-    write_parquet,
 )
+from madloop.storage import write_atomic, write_parquet
 
 #: top-level keys a grid may set besides the tables' fields (seeds come from ``seeds = K``)
 SWEEPABLE_TOP = ("generations", "replicates", "include_base")

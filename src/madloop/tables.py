@@ -1,0 +1,101 @@
+"""Records -> tables: the long metric table, the provenance table and the one summary.
+
+:func:`summarize` is the only place where chains become statistics: ``summary.csv``, the report
+and the phase diagrams all call it, so a stopped chain (NaN from its failure on) counts the same
+everywhere: it is left out of ``n``, the mean and the standard error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from madloop.storage.layout import METRIC_COLUMNS, SUMMARY_COLUMNS
+from madloop.types import SOURCE_NAMES
+
+
+def long_table(arm: str, records: Iterable[Any]) -> pd.DataFrame:
+    """(arm, generation, replicate, metric, value) from records with ``generation`` and
+    ``metrics`` (name -> (R,)), in one frame construction."""
+    gens, reps, names, values = [], [], [], []
+    for rec in records:
+        for metric, v in rec.metrics.items():
+            v = np.asarray(v, dtype=float).reshape(-1)
+            gens.append(np.full(v.size, rec.generation))
+            reps.append(np.arange(v.size))
+            names.append(np.full(v.size, metric, dtype=object))
+            values.append(v)
+    if not values:
+        return pd.DataFrame(columns=METRIC_COLUMNS)
+    return pd.DataFrame(
+        {
+            "arm": arm,
+            "generation": np.concatenate(gens),
+            "replicate": np.concatenate(reps),
+            "metric": np.concatenate(names),
+            "value": np.concatenate(values),
+        }
+    )
+
+
+def provenance_table(
+    arm: str, records: Iterable[Any], sources: dict[int, str] | None = None
+) -> pd.DataFrame:
+    """Per generation, source and origin: the mean, min and max count over chains. A record's
+    ``provenance`` maps (source, origin generation) -> counts (R,); ``sources`` names the source
+    codes (default: real / synthetic)."""
+    names = SOURCE_NAMES if sources is None else sources
+    rows = []
+    for rec in records:
+        for (source, origin), counts in sorted(rec.provenance.items()):
+            counts = np.asarray(counts)
+            rows.append(
+                {
+                    "arm": arm,
+                    "generation": rec.generation,
+                    "source": names.get(source, str(source)),
+                    "origin_generation": origin,
+                    "count_mean": float(np.mean(counts)),
+                    "count_min": int(np.min(counts)),
+                    "count_max": int(np.max(counts)),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def summarize(
+    metrics: pd.DataFrame,
+    theory: pd.DataFrame | None = None,
+    *,
+    keys: Sequence[str] = ("arm", "generation", "metric"),
+) -> pd.DataFrame:
+    """Per ``keys`` (default arm, generation and metric): mean, std_error, median, q05, q95, n,
+    and theory where ``theory`` has it.
+
+    ``n`` counts the finite-or-infinite values: a stopped chain reports NaN and is left out of
+    every statistic; ±inf values (log det of a singular fit) are reported as such. The standard
+    error is the sample standard deviation (ddof 1) over sqrt(n), NaN for n < 2.
+    """
+    keys = list(keys)
+    if metrics.empty:
+        extra = [c for c in SUMMARY_COLUMNS if c not in keys and c not in METRIC_COLUMNS]
+        return pd.DataFrame(columns=keys + extra)
+    g = metrics.groupby(keys, sort=False)["value"]
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = g.agg(
+            mean="mean",
+            std_error=lambda v: v.std(ddof=1) / np.sqrt(v.count()) if v.count() > 1 else np.nan,
+            median="median",
+            q05=lambda v: v.quantile(0.05),
+            q95=lambda v: v.quantile(0.95),
+            n="count",
+        ).reset_index()
+    if theory is not None and not theory.empty:
+        on = [k for k in keys if k in theory.columns]
+        out = out.merge(theory, on=on, how="left")
+    else:
+        out["theory"] = np.nan
+    return out
