@@ -11,7 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from madloop.experiment import parse, run
+from madloop.config import parse
+from madloop.experiment import run
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = {

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from madloop.experiment import build_loop, parse
+from madloop.config import parse
+from madloop.experiment import build_loop
 from madloop.models.base import load_families
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,7 +3,7 @@
 Expands the config's ``[sweep]`` grid (adoption x detector TPR) x seeds into tasks, runs each task
 with ``madloop.experiment.run`` on a local process pool, and draws the phase diagram of the mean
 error at the last generation with the theory's boundaries (``madloop.pool.phase_boundary`` for
-2x the fresh-data level, ``madloop.theory_pool.critical_tpr`` for unbounded growth). Prints the
+2x the fresh-data level, ``madloop.theory.pool.critical_tpr`` for unbounded growth). Prints the
 wall time against the 5-minute budget. When ``madloop.sweep`` (issue 6) is installed, also times
 ``madloop sweep`` on the same config.
 
@@ -93,10 +93,10 @@ def main() -> None:
     results.to_parquet(out / "results.parquet", index=False)
 
     # the theory's boundaries on a fine adoption grid
-    from madloop.experiment import parse
+    from madloop.config import parse
     from madloop.pool import phase_boundary
     from madloop.report.pool_phase import plot_pool_phase
-    from madloop.theory_pool import critical_tpr
+    from madloop.theory.pool import critical_tpr
 
     base = {k: v for k, v in raw.items() if k != "sweep"}
     _, arms = parse(base)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from madloop.config import ConfigError, validate
 from madloop.counts import Counts, counts_from_tokens, tokens_from_counts
 from madloop.data.categorical import CategoricalSource, zipf_probabilities
-from madloop.experiment import ConfigError, run, validate
+from madloop.experiment import run
 from madloop.loop import Loop
 from madloop.models.categorical import CategoricalFamily, tempered
 from madloop.regimes import (

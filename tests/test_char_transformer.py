@@ -8,8 +8,9 @@ import pytest
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
 
+from madloop.config import ConfigError, validate  # noqa: E402
 from madloop.data.text import TextDataConfig, source_for  # noqa: E402
-from madloop.experiment import ConfigError, run, validate  # noqa: E402
+from madloop.experiment import run  # noqa: E402
 from madloop.models.char_transformer import CharTransformerLM, GPTConfig  # noqa: E402
 
 L = 16

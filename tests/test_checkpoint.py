@@ -30,7 +30,8 @@ from madloop.checkpoint import (
     npz_bytes,
 )
 from madloop.cli import app
-from madloop.experiment import ConfigError, run
+from madloop.config import ConfigError
+from madloop.experiment import run
 from madloop.types import Frame, Points, Stats
 
 SLOW_CFG = """
@@ -321,7 +322,8 @@ def test_object_arrays_are_never_unpickled() -> None:
 
 
 def test_config_mismatch_is_a_checkpoint_error(tmp_path) -> None:
-    from madloop.experiment import build_loop, parse
+    from madloop.config import parse
+    from madloop.experiment import build_loop
 
     _, arms = parse(tiny_cfg())
     loop = build_loop(arms[0])
@@ -347,8 +349,8 @@ def test_resume_under_other_versions_says_so(tmp_path, reference, monkeypatch) -
     import madloop.experiment as ex
 
     _crashed_run(tmp_path)
-    real = ex._versions()
-    monkeypatch.setattr(ex, "_versions", lambda: {**real, "numpy": "0.0-other"})
+    real = ex.versions()
+    monkeypatch.setattr(ex, "versions", lambda: {**real, "numpy": "0.0-other"})
     notes: list[str] = []
     res = run(tiny_cfg(), out=tmp_path, plots=False, resume=True, log=notes.append)
     assert any(f"numpy {real['numpy']} -> 0.0-other" in n for n in notes), notes

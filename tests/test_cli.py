@@ -13,9 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 import madloop
-from madloop import theory
 from madloop.cli import app
-from madloop.experiment import make_regime, parse
+from madloop.config import make_regime, parse
+from madloop.theory import gaussian as theory
 
 TINY = """\
 name = "tiny"

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from madloop.cli import app
-from madloop.experiment import ConfigError, parse
+from madloop.config import ConfigError, parse
 
 BASE = """\
 name = "tiny"

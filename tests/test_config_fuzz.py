@@ -40,7 +40,8 @@ from typer.testing import CliRunner
 
 from _toml import to_toml
 from madloop.cli import app
-from madloop.experiment import TOP_LEVEL, ConfigError, parse, run, validate
+from madloop.config import TOP_LEVEL, ConfigError, parse, validate
+from madloop.experiment import run
 
 CI = os.environ.get("CI", "").lower() == "true"
 COUNTS = {

@@ -14,8 +14,15 @@ import pytest
 from pydantic import ValidationError
 
 from madloop.checkpoint import arm_dirname
-from madloop.configs import DataConfig, RunPath, check_run_path
-from madloop.experiment import ConfigError, parse, resolve_run_path, validate
+from madloop.config import (
+    ConfigError,
+    DataConfig,
+    RunPath,
+    check_run_path,
+    parse,
+    resolve_run_path,
+    validate,
+)
 from madloop.loop import Loop
 
 

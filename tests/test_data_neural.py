@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from madloop.config import ConfigError, validate
 from madloop.data import images as img
 from madloop.data.images import ImageDataConfig, ImageSource, per_class_cap, read_idx
 from madloop.data.toy2d import GridConfig, MoonsConfig, RingConfig, _grid, _moons, _ring
-from madloop.experiment import ConfigError, validate
 from madloop.types import REAL
 
 # P(||z|| < 3) for z ~ N(0, I_2): the chi distribution with 2 dof, 1 - exp(-9/2)

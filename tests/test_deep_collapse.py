@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from gaussian_helpers import assert_mean_matches, assert_var_matches, make_loop, run_metrics
-from madloop import theory
+from madloop.theory import gaussian as theory
 
 K = 4.0
 

@@ -17,9 +17,9 @@ import pytest
 from typer.testing import CliRunner
 
 from madloop.cli import app
-from madloop.configs import ModelConfig
+from madloop.config import ConfigError, ModelConfig, validate
 from madloop.data.gaussian import GaussianSource
-from madloop.experiment import ConfigError, run, validate
+from madloop.experiment import run
 from madloop.loop import Loop
 from madloop.models.base import FAMILIES, FamilySpec, FitFailed, PerReplicate, register_family
 from madloop.models.gaussian import GaussianConfig, GaussianFamily

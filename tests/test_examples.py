@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import madloop
-from madloop.experiment import parse
+from madloop.config import parse
 from madloop.regimes import REGIMES
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

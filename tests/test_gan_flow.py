@@ -9,7 +9,8 @@ torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
 
 import madloop  # noqa: E402
-from madloop.experiment import ConfigError, build_loop, parse, validate  # noqa: E402
+from madloop.config import ConfigError, parse, validate  # noqa: E402
+from madloop.experiment import build_loop  # noqa: E402
 from madloop.models.base import PerReplicate, load_families  # noqa: E402
 from madloop.models.flow import FlowConfig, FlowModel  # noqa: E402
 from madloop.models.gan import GANConfig, GANModel  # noqa: E402

@@ -13,8 +13,8 @@ import pytest
 from scipy.special import digamma, polygamma
 
 from gaussian_helpers import assert_mean_matches, assert_var_matches, make_loop, run_metrics
-from madloop import theory
 from madloop.regimes import REGIMES
+from madloop.theory import gaussian as theory
 
 K = 4.0  # standard errors allowed
 

@@ -9,8 +9,9 @@ import pytest
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
 
+from madloop.config import ConfigError, parse  # noqa: E402
 from madloop.data.toy2d import GridConfig, _grid  # noqa: E402
-from madloop.experiment import ConfigError, parse, run  # noqa: E402
+from madloop.experiment import run  # noqa: E402
 from madloop.metrics.manifold import prdc  # noqa: E402
 from madloop.models._torch import resolve_device  # noqa: E402
 from madloop.models.base import PerReplicate, load_families  # noqa: E402

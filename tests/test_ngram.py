@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from madloop.config import ConfigError, validate
 from madloop.data.text import TextDataConfig, source_for
-from madloop.experiment import ConfigError, run, validate
+from madloop.experiment import run
 from madloop.models.decoding import draw, filter_probabilities
 from madloop.models.ngram import NGramChains, NGramLM
 

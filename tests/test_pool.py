@@ -12,9 +12,10 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from madloop.experiment import ConfigError, parse, run
+from madloop.config import ConfigError, parse
+from madloop.experiment import run
 from madloop.pool import WebPool, build_pool
-from madloop.theory_pool import curation_contraction
+from madloop.theory.pool import curation_contraction
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -439,7 +440,7 @@ class ToyDiagonal:
 def toy_family():
     from typing import Literal
 
-    from madloop.configs import ModelConfig
+    from madloop.config import ModelConfig
     from madloop.models.base import FAMILIES, FamilySpec, PerReplicate, register_family
 
     class ToyConfig(ModelConfig):

@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from madloop.experiment import parse, run
+from madloop.config import parse
+from madloop.experiment import run
 from madloop.pool import phase_boundary
 from madloop.report.pool_phase import plot_pool_phase
 

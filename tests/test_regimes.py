@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 from gaussian_helpers import make_loop, run_metrics
-from madloop import theory
 from madloop.experiment import run
 from madloop.regimes import REGIMES, Composition, Draw, Kept, Regime, register_regime, size_at
+from madloop.theory import gaussian as theory
 from madloop.types import REAL, SYNTHETIC
 
 R = 6

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from madloop import resources
 from madloop.cli import app
-from madloop.experiment import build_loop, parse
+from madloop.config import parse
+from madloop.experiment import build_loop
 from madloop.regimes import REGIMES
 
 

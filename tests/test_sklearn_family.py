@@ -12,7 +12,8 @@ from sklearn.mixture import GaussianMixture
 from sklearn.neighbors import KernelDensity
 
 import madloop.models.base as base
-from madloop.experiment import ConfigError, run, validate
+from madloop.config import ConfigError, validate
+from madloop.experiment import run
 from madloop.models.sklearn import (
     ESTIMATORS,
     EstimatorSpec,

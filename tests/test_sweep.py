@@ -19,8 +19,8 @@ import pytest
 from typer.testing import CliRunner
 
 from madloop.cli import app
+from madloop.config import ConfigError
 from madloop.executors import LocalExecutor, RayExecutor, SerialExecutor
-from madloop.experiment import ConfigError
 from madloop.sweep import plan, sweep, task_seed
 
 ROOT = Path(__file__).resolve().parents[1]

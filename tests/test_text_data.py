@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from madloop.config import ConfigError, validate
 from madloop.data.text import (
     TAIL_SHARE,
     CorpusError,
@@ -14,7 +15,6 @@ from madloop.data.text import (
     shakespeare_plays,
     source_for,
 )
-from madloop.experiment import ConfigError, validate
 
 
 def test_shakespeare_is_read_from_the_package_files():

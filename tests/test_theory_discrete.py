@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from madloop import theory_discrete as td
 from madloop.data.categorical import CategoricalSource, zipf_probabilities
 from madloop.experiment import run
 from madloop.loop import Loop
 from madloop.models.categorical import CategoricalFamily
 from madloop.regimes import FreshData, FullySynthetic, SyntheticAugmentation
+from madloop.theory import discrete as td
 
 K = 4.0  # standard errors allowed per comparison
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from madloop import theory
-from madloop.experiment import parse
+from madloop.config import parse
 from madloop.pool import PoolSchedule, WebPoolConfig, phase_boundary, pool_theory
 from madloop.regimes import FreshData
-from madloop.theory_pool import (
+from madloop.theory import gaussian as theory
+from madloop.theory.pool import (
     Cohort,
     LineageLaw,
     apportion,

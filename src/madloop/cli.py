@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from madloop.experiment import ConfigError
+from madloop.config import ConfigError
 
 app = typer.Typer(
     add_completion=False,
@@ -88,7 +88,8 @@ def run_cmd(
 ) -> None:
     """Run every arm of CONFIG and write metrics.parquet, summary.csv, manifest.json, plots/."""
     from madloop import resources
-    from madloop.experiment import parse, run
+    from madloop.config import parse
+    from madloop.experiment import run
 
     try:
         base, arms = parse(config, seed=seed, generations=generations, replicates=replicates)
@@ -163,7 +164,8 @@ def theory_cmd(
     every: Annotated[int, typer.Option(help="Print every k-th generation.")] = 0,
 ) -> None:
     """Print the closed-form predictions for each arm of CONFIG."""
-    from madloop.experiment import parse, theory_frame
+    from madloop.config import parse
+    from madloop.experiment import theory_frame
 
     try:
         _, arms = parse(config, generations=generations)
@@ -244,7 +246,7 @@ def demo_cmd(
 @app.command("validate")
 def validate_cmd(config: ConfigArg) -> None:
     """Check CONFIG and list its arms without running anything."""
-    from madloop.experiment import parse
+    from madloop.config import parse
 
     try:
         _, arms = parse(config)

@@ -84,7 +84,8 @@ def phase_part(out: Path, *, quick: bool, echo: Echo) -> str | None:
 
 
 def images_part(out: Path, *, quick: bool, echo: Echo, generations: int) -> str | None:
-    from madloop.experiment import ConfigError, run
+    from madloop.config import ConfigError
+    from madloop.experiment import run
     from madloop.models.base import load_families
 
     config = _examples() / "mad-digits.toml"

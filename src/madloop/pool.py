@@ -24,7 +24,7 @@ sufficient statistics for each count, ``sample`` mode draws the points, and both
 counts for the same seed. Each lineage's metrics are reported under the arm name
 ``"<arm>:<lineage>"`` (just ``"<arm>"`` when there is one lineage), with ``synthetic_share`` (the
 share of generated items in its training set) next to the family's metrics; the Gaussian theory
-of :mod:`madloop.theory_pool` gives the ``theory`` column.
+of :mod:`madloop.theory.pool` gives the ``theory`` column.
 """
 
 from __future__ import annotations
@@ -42,20 +42,23 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from madloop.configs import ModelConfig, Section
-from madloop.curation import SCORERS, top_k
-from madloop.detectors import Detector, watermarked_lineages
-from madloop.experiment import (
+from madloop.config import (
     Arm,
     ConfigError,
     ExperimentConfig,
     LoopConfig,
+    ModelConfig,
+    Section,
+    deep_merge,
+    format_errors,
+    nest_dotted,
+)
+from madloop.curation import SCORERS, top_k
+from madloop.detectors import Detector, watermarked_lineages
+from madloop.experiment import (
     RunResult,
-    _format_errors,
-    _nest_dotted,
     assemble_result,
     build_loop,
-    deep_merge,
     gallery_generations,
     write_gallery,
     write_run,
@@ -64,7 +67,7 @@ from madloop.metrics import evaluate
 from madloop.models.base import build_model, load_families
 from madloop.regimes import Composition, Regime, register_regime
 from madloop.tables import long_table, provenance_table
-from madloop.theory_pool import REAL_SOURCE, Cohort, LineageLaw, apportion, pool_moments
+from madloop.theory.pool import REAL_SOURCE, Cohort, LineageLaw, apportion, pool_moments
 from madloop.types import Points, Stats
 
 Share = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -325,7 +328,7 @@ class WebPool(Regime):
         families = load_families()
         for k, lin in enumerate(self.lineage_configs()):
             where = f"loop.lineages[{lin.name}]"
-            over = _nest_dotted(lin.model)
+            over = nest_dotted(lin.model)
             raw = model.model_dump()
             if "family" in over and over["family"] != raw.get("family"):
                 raw = dict(over)  # another family: the base's fields belong to the old one
@@ -342,7 +345,7 @@ class WebPool(Regime):
                 try:
                     cfg = cls.model_validate(raw)
                 except ValidationError as err:
-                    for line in _format_errors(f"{where}.model", err, cls):
+                    for line in format_errors(f"{where}.model", err, cls):
                         _collect(problems, line)
             b = bias if lin.bias is None else lin.bias
             if cfg is not None:
@@ -973,10 +976,10 @@ def phase_boundary(
     (default the last) equals ``tolerance`` x the fresh-data level tr Σ_0 / n. Below that TPR the
     error is larger. ``critical_tpr`` is 0 where no detector is needed and NaN where even a
     perfect detector is not enough. Also gives the stationary closed form
-    (:func:`madloop.theory_pool.critical_tpr`) for comparison."""
+    (:func:`madloop.theory.pool.critical_tpr`) for comparison."""
     from scipy import optimize
 
-    from madloop.theory_pool import critical_tpr
+    from madloop.theory.pool import critical_tpr
 
     cfg = arm.config
     T = generation or cfg.generations

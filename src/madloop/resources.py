@@ -150,7 +150,8 @@ def _event_size(cfg: Any) -> int:
 
 
 def estimate_arm(arm: Any, *, keep_checkpoints: int = 2) -> ArmEstimate:
-    from madloop.experiment import gallery_generations, make_regime
+    from madloop.config import make_regime
+    from madloop.experiment import gallery_generations
 
     cfg = arm.config
     R, T = cfg.replicates, cfg.generations

@@ -52,20 +52,20 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 
-from madloop.executors import Executor, TaskResult, make_executor
-from madloop.experiment import (
+from madloop.config import (
     TOP_LEVEL,
     ConfigError,
-    _git_commit,
-    _nest_dotted,
-    _regime_configs,
-    _versions,
     deep_merge,
+    flatten,
     load_config,
+    nest_dotted,
+    regime_configs,
     resolve_arms,
-    run,
 )
+from madloop.executors import Executor, TaskResult, make_executor
+from madloop.experiment import run
 from madloop.storage import write_atomic, write_parquet
+from madloop.storage.environment import git_commit, versions
 
 #: top-level keys a grid may set besides the tables' fields (seeds come from ``seeds = K``)
 SWEEPABLE_TOP = ("generations", "replicates", "include_base")
@@ -139,10 +139,8 @@ def task_seed(study_seed: int, point: Mapping[str, Any], seed_index: int) -> int
 
 
 def _flat_grid(raw: Mapping[str, Any]) -> tuple[dict[str, list[Any]], int]:
-    from madloop.configs import _flatten
-
     table = raw.get("sweep") or {}
-    grid = _flatten(table.get("grid", {}) or {}) if isinstance(table, Mapping) else {}
+    grid = flatten(table.get("grid", {}) or {}) if isinstance(table, Mapping) else {}
     return grid, int(table.get("seeds", 1)) if isinstance(table, Mapping) else 1
 
 
@@ -154,10 +152,10 @@ def _field_names(raw: Mapping[str, Any], table: str, grid: Mapping[str, list[Any
     registry, selector, default = {
         "data": (load_sources(), "source", None),
         "model": (load_families(), "family", None),
-        "loop": (_regime_configs(), "regime", "fully-synthetic"),
+        "loop": (regime_configs(), "regime", "fully-synthetic"),
     }.get(table, (None, None, None))
     if registry is None:
-        from madloop.configs import SamplingConfig
+        from madloop.config import SamplingConfig
 
         return set(SamplingConfig.model_fields)
     choices = {c for c in grid.get(f"{table}.{selector}", []) if isinstance(c, str)}
@@ -181,7 +179,7 @@ def _key_problems(raw: Mapping[str, Any], grid: Mapping[str, list[Any]]) -> list
             fix = {"seed": "use `seeds = K` in [sweep]"}.get(head, "it cannot vary in a sweep")
             problems.append(f"{where}: '{head}' cannot be swept ({fix})")
         elif head in TABLES:
-            fields = _field_names(_nest_dotted(raw), head, grid)
+            fields = _field_names(nest_dotted(raw), head, grid)
             if not rest:
                 problems.append(f"{where}: name a field of [{head}], e.g. '{head}.<field>'")
             elif fields and rest.split(".")[0] not in fields:
@@ -227,12 +225,12 @@ def plan(config: Any) -> SweepPlan:
     invalid: list[str] = []
     warnings: list[str] = []
     for point in points:
-        point_raw = deep_merge(_nest_dotted(base_raw), _nest_dotted(point))
+        point_raw = deep_merge(nest_dotted(base_raw), nest_dotted(point))
         for section, key in (("model", "family"), ("data", "source")):
             # a swept family/source drops the base's fields that belong to the old one
             swept = point.get(f"{section}.{key}")
             if swept is not None and swept != (base_raw.get(section) or {}).get(key):
-                point_raw[section] = _nest_dotted(point)[section]
+                point_raw[section] = nest_dotted(point)[section]
         label = ", ".join(f"{k}={_show(v)}" for k, v in point.items())
         try:
             arms = resolve_arms(point_raw)
@@ -258,7 +256,7 @@ def plan(config: Any) -> SweepPlan:
 
 
 def _parse_base(raw: Mapping[str, Any]) -> tuple[Any, Any]:
-    from madloop.experiment import parse
+    from madloop.config import parse
 
     return parse(raw)
 
@@ -326,7 +324,7 @@ def write_task(out: Path, task: Task, result: TaskResult[TaskOutput]) -> None:
         "seconds": round(result.seconds, 4),
         "worker": result.worker,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "versions": _versions(),
+        "versions": versions(),
     }
     write_atomic(where / "manifest.json", json.dumps(manifest, indent=2, default=str))
 
@@ -500,8 +498,8 @@ def _manifest(plan_: SweepPlan, ex: Executor, started: float) -> dict[str, Any]:
         "seeds": plan_.seeds,
         "executor": repr(ex),
         "warnings": plan_.warnings,
-        "versions": _versions(),
-        "git_commit": _git_commit(),
+        "versions": versions(),
+        "git_commit": git_commit(),
         "command": " ".join(sys.argv),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
     }

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from madloop.configs import DataConfig
+from madloop.config import DataConfig
 
 
 @dataclass(frozen=True)

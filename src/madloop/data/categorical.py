@@ -13,7 +13,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from madloop.configs import DataConfig
+from madloop.config import DataConfig
 from madloop.counts import Counts, points_from_counts, sample_counts
 from madloop.data.base import DataSpec, register_source
 from madloop.data.text import CorpusError, TextDataConfig, source_for

@@ -26,7 +26,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from madloop.configs import DataConfig
+from madloop.config import DataConfig
 from madloop.data.base import DataSpec, register_source
 from madloop.types import REAL, Points
 

@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from madloop.configs import DataConfig
+from madloop.config import DataConfig
 from madloop.data.base import DataSpec, register_source
 from madloop.linalg import lower_factor
 from madloop.types import REAL, Points

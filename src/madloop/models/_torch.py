@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from madloop.configs import ModelConfig
+from madloop.config import ModelConfig
 
 
 class TorchModelConfig(ModelConfig):

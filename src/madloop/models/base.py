@@ -11,7 +11,7 @@ from typing import Any, Self
 
 import numpy as np
 
-from madloop.configs import ModelConfig
+from madloop.config import ModelConfig
 from madloop.types import SYNTHETIC, Points, RealSource
 
 

@@ -4,7 +4,7 @@ Fit: p_i = (c_i + α) / (n + α V), the MLE when α = 0 (add-α smoothing otherw
 a temperature T: draws from q ∝ p^(1/T) (T < 1 sharpens, like truncation; T = 1 is the model).
 Without smoothing and bias this is the neutral Wright–Fisher model: a lost symbol never returns,
 heterozygosity 1 - Σ p² decays by (1 - 1/n) per generation and the chain fixes on symbol i with
-probability p_i(0); see :mod:`madloop.theory_discrete`.
+probability p_i(0); see :mod:`madloop.theory.discrete`.
 
 All R replicate chains are one (R, V) array; there is no Python loop over chains. Two modes, one
 law: ``exact`` carries counts only (a generation is one multinomial draw per chain, O(R V)),
@@ -18,7 +18,7 @@ from typing import Literal, Self
 import numpy as np
 from pydantic import Field
 
-from madloop.configs import DataConfig, ModelConfig
+from madloop.config import DataConfig, ModelConfig
 from madloop.counts import Counts, counts_from_tokens, points_from_counts, sample_counts
 from madloop.models.base import FamilySpec, check_is_fitted, register_family
 from madloop.types import Points

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from madloop.configs import DataConfig, ModelConfig
+from madloop.config import DataConfig, ModelConfig
 from madloop.models.base import FamilySpec, NotFittedError, PerReplicate, register_family
 from madloop.models.decoding import draw, filter_probabilities
 

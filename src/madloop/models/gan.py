@@ -29,7 +29,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
-from madloop.configs import ModelConfig
+from madloop.config import ModelConfig
 from madloop.models.base import FamilySpec, PerReplicate, check_is_fitted, register_family
 from madloop.models.torchkit import (
     check_device,

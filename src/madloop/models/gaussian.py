@@ -19,7 +19,7 @@ from typing import ClassVar, Literal, Self
 
 import numpy as np
 
-from madloop.configs import ModelConfig
+from madloop.config import ModelConfig
 from madloop.linalg import draw_stats, stats_from_points
 from madloop.models.base import FamilySpec, check_is_fitted, register_family
 from madloop.types import SYNTHETIC, Frame, Points, Stats

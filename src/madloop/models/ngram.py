@@ -23,7 +23,7 @@ from typing import Literal, Self
 import numpy as np
 from pydantic import Field
 
-from madloop.configs import DataConfig, ModelConfig
+from madloop.config import DataConfig, ModelConfig
 from madloop.models.base import FamilySpec, PerReplicate, check_is_fitted, register_family
 from madloop.models.decoding import draw, filter_probabilities
 

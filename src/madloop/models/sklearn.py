@@ -28,7 +28,7 @@ from typing import Any, Literal, Self
 import numpy as np
 from pydantic import ValidationInfo, field_validator
 
-from madloop.configs import DataConfig, ModelConfig
+from madloop.config import DataConfig, ModelConfig
 from madloop.linalg import lower_factor
 from madloop.models.base import FamilySpec, NotFittedError, PerReplicate, register_family
 

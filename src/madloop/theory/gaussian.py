@@ -32,11 +32,13 @@ d log λ + Σ_{i=0}^{d-1} [ψ((n-1-i)/2) + log(2/(n-1))] (no λ term at t = 1), 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.special import digamma, polygamma
 
 from madloop.regimes import Draw, Kept, Regime
+from madloop.theory.registry import Predictor, register_predictor
 
 
 @dataclass
@@ -224,3 +226,27 @@ def predictions(
     if np.isfinite(log_det).any() or np.isneginf(log_det).any():
         out["log_det_change"] = log_det
     return out
+
+
+# -- the predictor ---------------------------------------------------------------------------------
+def _applies(config: Any, regime: Regime) -> bool:
+    """Gaussian data fitted by the Gaussian family, in a single-chain regime."""
+    return (
+        config.data.source == "gaussian"
+        and config.model.family == "gaussian"
+        and getattr(regime, "engine", "loop") == "loop"
+    )
+
+
+def _predict(config: Any, real: Any, regime: Regime) -> dict[str, np.ndarray]:
+    return predictions(
+        regime,
+        config.generations,
+        dim=real.dim,
+        trace0=float(np.trace(real.covariance)),
+        bias=config.sampling.bias,
+        covariance_estimator=getattr(config.model, "covariance_estimator", "unbiased"),
+    )
+
+
+register_predictor(Predictor("gaussian", _applies, _predict))

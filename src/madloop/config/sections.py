@@ -41,11 +41,24 @@ class SamplingConfig(Section):
     bias: float = 1.0
 
 
-def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+#: a size per generation: an int, or a list whose last value repeats
+SizeField = int | list[int]
+
+
+class LoopConfig(Section):
+    """The ``[loop]`` table's common fields; a regime with more registers a subclass."""
+
+    regime: str = "fully-synthetic"
+    real_size: SizeField = 0
+    synthetic_size: SizeField = 100
+    initial_real_size: int | None = Field(None, ge=1)
+
+
+def flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in table.items():
         if isinstance(value, Mapping):
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flatten(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out
@@ -64,7 +77,7 @@ class SweepConfig(Section):
     def _lists(cls, grid: Any) -> Any:
         if not isinstance(grid, Mapping):
             raise ValueError(f"must be a table of dotted config keys -> lists, got {grid!r}")
-        flat = _flatten(grid)  # TOML nests unquoted dotted keys: sampling.bias = [...]
+        flat = flatten(grid)  # TOML nests unquoted dotted keys: sampling.bias = [...]
         problems = []
         for key, values in flat.items():
             if not isinstance(values, list):
@@ -104,7 +117,7 @@ def check_run_path(value: str) -> str:
     A config handed to you must not read or write elsewhere (``/etc/...``, ``~/.ssh``,
     ``../../x``). Paths outside the run directory are given on the command line instead, where
     the user typed them. Use the :data:`RunPath` type for such fields and
-    :func:`madloop.experiment.resolve_run_path` to open them (it also refuses symlinks that lead
+    :func:`madloop.config.resolve_run_path` to open them (it also refuses symlinks that lead
     out of the run directory).
     """
     text = str(value)

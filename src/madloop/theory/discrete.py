@@ -27,10 +27,13 @@ symbols (:func:`expected_support`).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy.stats import binom
 
 from madloop.regimes import Regime
+from madloop.theory.registry import Predictor, register_predictor
 
 EXACT_MAX = 1000
 SUPPORTED_REGIMES = ("fully-synthetic", "fresh-data", "synthetic-augmentation")
@@ -221,3 +224,23 @@ def predictions(
             w = p0[tail] / p0[tail].sum()
             out["tail_coverage"] = w @ surv[tail]
     return out
+
+
+# -- the predictor ---------------------------------------------------------------------------------
+def _applies(config: Any, regime: Regime) -> bool:
+    """The categorical family on categorical data (Wright–Fisher)."""
+    return config.model.family == "categorical" and config.data.source == "categorical"
+
+
+def _predict(config: Any, real: Any, regime: Regime) -> dict[str, np.ndarray]:
+    return predictions(
+        regime,
+        config.generations,
+        real.probabilities(),
+        tail=real.tail,
+        bias=config.sampling.bias,
+        alpha=config.model.alpha,
+    )
+
+
+register_predictor(Predictor("wright-fisher", _applies, _predict))

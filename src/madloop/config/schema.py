@@ -1,0 +1,215 @@
+"""The experiment schema and its validation.
+
+A config (TOML) has top-level ``name``, ``seed``, ``generations``, ``replicates`` and the tables
+``[data]``, ``[model]``, ``[sampling]``, ``[loop]``, plus optional ``[[arms]]`` (see
+:mod:`madloop.config.arms`). Each table is validated by the class that its source / family /
+regime registered, so new ones bring their own fields. Every problem is reported at once, one
+line each, naming the field, the value and the fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError
+
+from madloop.config.errors import ConfigError, format_errors, suggest
+from madloop.config.merge import nest_dotted
+from madloop.config.sections import (
+    DataConfig,
+    LoopConfig,
+    ModelConfig,
+    SamplingConfig,
+    SizeField,
+    SweepConfig,
+    check_name,
+)
+from madloop.data import load_sources
+from madloop.models.base import load_families
+from madloop.regimes import REGIMES, Regime
+
+
+class TopLevel(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    name: Annotated[str, AfterValidator(check_name)] = "experiment"
+    seed: int = Field(0, ge=0, lt=2**63)
+    generations: int = Field(10, ge=1, le=1_000_000)
+    replicates: int = Field(1, ge=1, le=1_000_000)
+    include_base: bool = True
+    arms: list[dict[str, Any]] = Field(default_factory=list)
+    sweep: SweepConfig | None = None  # grid x seeds, run by `madloop sweep` (madloop.sweep)
+
+
+class ExperimentConfig(TopLevel):
+    """A resolved, validated experiment: the top-level fields and one validated table each."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: SerializeAsAny[DataConfig]
+    model: SerializeAsAny[ModelConfig]
+    sampling: SamplingConfig = SamplingConfig()
+    loop: SerializeAsAny[LoopConfig] = LoopConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+TOP_LEVEL = set(ExperimentConfig.model_fields)
+
+
+def validate_section(
+    raw: Mapping[str, Any],
+    name: str,
+    key: str,
+    registry: Mapping[str, Any],
+    default_choice: str | None,
+    problems: list[str],
+) -> Any:
+    table = raw.get(name, {})
+    if not isinstance(table, Mapping):
+        problems.append(f"{name}: must be a table, got {table!r}")
+        return None
+    choice = table.get(key, default_choice)
+    if choice is None:
+        problems.append(f"{name}.{key}: required (one of: {', '.join(sorted(registry))})")
+        return None
+    if choice not in registry:
+        problems.append(
+            f"{name}.{key}: unknown {key} {choice!r}{suggest(str(choice), registry)} "
+            f"(available: {', '.join(sorted(registry))})"
+        )
+        return None
+    cls = registry[choice].config if hasattr(registry[choice], "config") else registry[choice]
+    try:
+        return cls.model_validate(dict(table))
+    except ValidationError as err:
+        problems.extend(format_errors(name, err, cls))
+        return None
+
+
+def regime_configs() -> dict[str, type[BaseModel]]:
+    import madloop.pool  # noqa: F401  (registers the web-pool regime)
+
+    return {name: getattr(cls, "config", LoopConfig) for name, cls in REGIMES.items()}
+
+
+def validate(raw: Mapping[str, Any], *, arm: str | None = None) -> ExperimentConfig:
+    """Validate a raw config (a parsed TOML document). Raises :class:`ConfigError`."""
+    raw = nest_dotted(raw)
+    problems: list[str] = []
+    where = f"arms[{arm}]." if arm else ""
+    for key in raw:
+        if key not in TOP_LEVEL:
+            problems.append(
+                f"{key}: unknown key{suggest(key, TOP_LEVEL)} "
+                f"(valid: {', '.join(sorted(TOP_LEVEL))})"
+            )
+    data = validate_section(raw, "data", "source", load_sources(), None, problems)
+    model = validate_section(raw, "model", "family", load_families(), None, problems)
+    loop = validate_section(raw, "loop", "regime", regime_configs(), "fully-synthetic", problems)
+    sampling = None
+    try:
+        sampling = SamplingConfig.model_validate(raw.get("sampling", {}))
+    except ValidationError as err:
+        problems.extend(format_errors("sampling", err, SamplingConfig))
+    top = {k: v for k, v in raw.items() if k in TOP_LEVEL - {"data", "model", "loop", "sampling"}}
+    if top.get("sweep") is not None:  # checked on its own, so errors name its fields
+        try:
+            top["sweep"] = SweepConfig.model_validate(top["sweep"])
+        except ValidationError as err:
+            problems.extend(format_errors("sweep", err, SweepConfig))
+            top.pop("sweep")
+    try:
+        top_checked = TopLevel.model_validate(top)
+    except ValidationError as err:
+        problems.extend(format_errors("", err, TopLevel))
+        top_checked = None
+    if model is not None and sampling is not None:
+        why = model.bias_problem(sampling.bias)
+        if why:
+            problems.append(f"sampling.bias: {why}")
+    if model is not None and data is not None and hasattr(model, "data_problem"):
+        why = model.data_problem(data)  # a family that needs a kind of data says so
+        if why:
+            problems.append(f"data.source: {why}")
+    if loop is not None:
+        problems.extend(loop_problems(loop, model))
+    if problems:
+        raise ConfigError([where + p.lstrip(".") for p in problems])
+    assert top_checked is not None
+    return ExperimentConfig(
+        **top_checked.model_dump(), data=data, model=model, sampling=sampling, loop=loop
+    )
+
+
+def sizes(spec: SizeField) -> list[int]:
+    return [spec] if isinstance(spec, int) else list(spec)
+
+
+def loop_problems(loop: LoopConfig, model: ModelConfig | None) -> list[str]:
+    """Sizes: one line per field, naming the bound (``loop.synthetic_size: must be >= 1, got -5``);
+    then whether every generation has enough points for the family to fit."""
+    problems = []
+    synthetic_only = not getattr(REGIMES.get(loop.regime), "uses_real_size", True)
+    for fname in ("real_size", "synthetic_size"):
+        spec = getattr(loop, fname)
+        values = sizes(spec)
+        low = 1 if synthetic_only and fname == "synthetic_size" else 0
+        where = f"loop.{fname}"
+        if not values:
+            problems.append(f"{where}: must not be an empty list")
+        elif min(values) < low:
+            got = f"{min(values)} (in {spec})" if isinstance(spec, list) else f"{spec}"
+            problems.append(f"{where}: must be >= {low}, got {got}")
+    if problems:
+        return problems
+    regime = make_regime(loop)
+    own = getattr(regime, "config_problems", None)  # a regime's checks that need [model] too
+    if hasattr(regime, "run_experiment"):  # an engine of its own (web-pool) checks its sizes
+        return problems + (own(model) if own is not None else [])
+    if synthetic_only and max(sizes(loop.real_size)) != 0:
+        return [
+            f"loop.real_size: must be 0 for regime '{loop.regime}' (it trains on synthetic data "
+            f"only), got {loop.real_size}; use regime 'fresh-data' or 'synthetic-augmentation'"
+        ]
+    n_ini = regime.n_initial()
+    if loop.initial_real_size is not None and regime.name == "synthetic-augmentation":
+        if n_ini < regime.n_real(1):
+            problems.append(
+                f"loop.initial_real_size: must be >= loop.real_size ({regime.n_real(1)}) for "
+                f"'synthetic-augmentation' (generation 1 includes the fixed real set), got {n_ini}"
+            )
+    family = getattr(model, "family", None)
+    # a family declares the fewest points it can fit (ModelConfig.min_train_size)
+    minimum = getattr(model, "min_train_size", 1) if model is not None else 1
+    need = f"must give >= {minimum} training points" + (
+        " (a Gaussian fit needs 2)" if family == "gaussian" and minimum == 2 else ""
+    )
+    if n_ini < minimum:
+        field = (
+            "loop.initial_real_size"
+            if loop.initial_real_size is not None
+            else "loop.synthetic_size"
+            if synthetic_only
+            else "loop.real_size + loop.synthetic_size"
+        )
+        return problems + [f"{field}: {need}, got {n_ini} at generation 1"]
+    horizon = max(len(sizes(loop.real_size)), len(sizes(loop.synthetic_size))) + 1
+    for t in range(2, horizon + 1):
+        size = regime.training_size(t)
+        if size < minimum:
+            field = "loop.synthetic_size" if synthetic_only else "loop.real_size + synthetic_size"
+            problems.append(f"{field}: {need}, got {size} at generation {t}")
+            break
+    if own is not None:
+        problems.extend(own(model))
+    return problems
+
+
+def make_regime(loop: LoopConfig) -> Regime:
+    cls = REGIMES[loop.regime]
+    params = loop.model_dump(exclude={"regime"})
+    return cls(**params)
+

@@ -1,0 +1,84 @@
+"""The predictor registry (see :mod:`madloop.theory`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+THEORY_COLUMNS = ["arm", "generation", "metric", "theory"]
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """``applies(config, regime)`` says whether the closed form holds for an arm;
+    ``predict(config, real, regime)`` returns {metric: expected value per generation 1..T} or,
+    for engines that report several labels (web-pool lineages), {label: {metric: values}} with
+    ``labels = True``."""
+
+    name: str
+    applies: Callable[[Any, Any], bool]
+    predict: Callable[[Any, Any, Any], dict[str, Any]]
+    labels: bool = False
+
+
+PREDICTORS: dict[str, Predictor] = {}
+
+
+def register_predictor(predictor: Predictor) -> Predictor:
+    PREDICTORS[predictor.name] = predictor
+    return predictor
+
+
+def arm_predictions(
+    arm: str, config: Any, real: Callable[[], Any], regime: Any
+) -> dict[str, dict[str, Any]]:
+    """{arm label: {metric: (T,)}} from every predictor that applies to the arm. ``real`` builds
+    the arm's real source; it is called only when a predictor applies (a source may be costly
+    to build: images, corpora)."""
+    out: dict[str, dict[str, Any]] = {}
+    source = None
+    for predictor in PREDICTORS.values():
+        if not predictor.applies(config, regime):
+            continue
+        source = real() if source is None else source
+        found = predictor.predict(config, source, regime)
+        for label, metrics in (found.items() if predictor.labels else [(arm, found)]):
+            out.setdefault(label, {}).update(metrics)
+    return out
+
+
+def predictions_frame(
+    arms: Iterable[tuple[str, Any, Any, Any]],
+) -> Any:
+    """The ``theory`` table (arm, generation, metric, theory) of (name, config, real factory,
+    regime) tuples, typed even when empty so it merges into the summary cleanly."""
+    import pandas as pd
+
+    rows = []
+    for name, config, real, regime in arms:
+        for label, metrics in arm_predictions(name, config, real, regime).items():
+            for metric, values in metrics.items():
+                values = np.asarray(values, dtype=float)
+                rows.append(
+                    pd.DataFrame(
+                        {
+                            "arm": label,
+                            "generation": np.arange(1, values.size + 1),
+                            "metric": metric,
+                            "theory": values,
+                        }
+                    )
+                )
+    if not rows:
+        return pd.DataFrame(
+            {
+                "arm": pd.Series(dtype=object),
+                "generation": pd.Series(dtype=np.int64),
+                "metric": pd.Series(dtype=object),
+                "theory": pd.Series(dtype=float),
+            }
+        )
+    return pd.concat(rows, ignore_index=True)
