@@ -13,7 +13,6 @@ from madloop.config import ConfigError, parse  # noqa: E402
 from madloop.data.toy2d import GridConfig, _grid  # noqa: E402
 from madloop.experiment import run  # noqa: E402
 from madloop.metrics.manifold import prdc  # noqa: E402
-from madloop.models._torch import resolve_device  # noqa: E402
 from madloop.models.base import PerReplicate, load_families  # noqa: E402
 from madloop.models.ddpm import (  # noqa: E402
     DDPM,
@@ -21,6 +20,7 @@ from madloop.models.ddpm import (  # noqa: E402
     guidance_to_lambda,
     lambda_to_guidance,
 )
+from madloop.models.torchkit import resolve_device  # noqa: E402
 from madloop.models.vae import VAE, VAEConfig  # noqa: E402
 
 TINY = {"steps": 30, "batch_size": 32, "threads": 1}

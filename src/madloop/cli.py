@@ -36,11 +36,12 @@ def fail(problems: list[str], code: int = 2) -> None:
 
 def note_exact_fallback(arms: list) -> None:
     """Say which arms ask for ``exact`` but run in ``sample`` (their regime has no exact law)."""
-    from madloop.regimes import REGIMES
+    from madloop.capabilities import exact_mode, exact_requested
+    from madloop.config import make_regime
 
     for arm in arms:
         c = arm.config
-        if getattr(c.model, "mode", None) == "exact" and not REGIMES[c.loop.regime].exact:
+        if exact_requested(c.model) and not exact_mode(c.model, make_regime(c.loop)):
             err.print(
                 f"note: arm {escape(arm.name)}: regime '{c.loop.regime}' has no exact simulation "
                 "(a subsample is not a function of sufficient statistics); it runs in sample mode",

@@ -150,6 +150,7 @@ def _event_size(cfg: Any) -> int:
 
 
 def estimate_arm(arm: Any, *, keep_checkpoints: int = 2) -> ArmEstimate:
+    from madloop.capabilities import exact_mode
     from madloop.config import make_regime
     from madloop.experiment import gallery_generations
 
@@ -163,7 +164,7 @@ def estimate_arm(arm: Any, *, keep_checkpoints: int = 2) -> ArmEstimate:
     except TypeError:  # a regime with an engine of its own (web-pool): no per-chain recipe
         peak = pool = union = 0
         mixing = True
-    exact = getattr(cfg.model, "mode", "sample") == "exact" and regime.exact
+    exact = exact_mode(cfg.model, regime)
     state_size = getattr(cfg.model, "state_size", None)
     state = state_size(e) if callable(state_size) else None
     gaussian = cfg.data.source == "gaussian" and cfg.model.family == "gaussian"

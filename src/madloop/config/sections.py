@@ -26,6 +26,11 @@ class ModelConfig(Section):
     #: the fewest training points a fit accepts (validated for every generation of the loop)
     min_train_size: ClassVar[int] = 1
 
+    def requested_mode(self) -> str:
+        """``"exact"`` or ``"sample"``. A family with an exact (sufficient-statistics) mode
+        declares a ``mode`` field; every other family samples points."""
+        return str(self.__dict__.get("mode", "sample"))
+
     def state_size(self, event_size: int) -> int | None:
         """Floats of learned state per replicate, for ``madloop run --dry-run``; None: unknown."""
         return None

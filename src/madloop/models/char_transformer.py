@@ -28,6 +28,7 @@ from pydantic import Field, model_validator
 from madloop.config import DataConfig, ModelConfig
 from madloop.models.base import FamilySpec, NotFittedError, PerReplicate, register_family
 from madloop.models.decoding import draw, filter_probabilities
+from madloop.models.torchkit import resolve_device
 
 MAX_TEMPERATURE = 100.0
 
@@ -156,12 +157,6 @@ class CharTransformerConfig(ModelConfig):
         return None
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
 class CharTransformerLM:
     """One transformer LM with madloop's ``fit(X, *, rng)`` / ``sample(n, *, bias, rng)``.
 
@@ -191,7 +186,7 @@ class CharTransformerLM:
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.warm_start = warm_start
-        self.device = _device(device)
+        self.device = resolve_device(device)
         self.threads = threads
         self.top_k = top_k
         self.top_p = top_p

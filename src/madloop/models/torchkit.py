@@ -1,5 +1,6 @@
-"""Small torch helpers shared by the neural families (``gan``, ``flow``): devices, seeded
-generators, seeded initialisation, data standardisation and array-only checkpoints.
+"""Torch plumbing shared by every neural family (ddpm, vae, gan, flow, char-transformer): the
+config fields they share, one device resolver, seeded generators and initialisation, thread
+control, data standardisation and array-only checkpoints.
 
 Randomness: nothing here touches torch's global RNG. Every random op takes a ``torch.Generator``
 seeded from the caller's ``numpy.random.Generator``, so a family's numbers depend only on the
@@ -14,17 +15,39 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
+
+from madloop.config import ModelConfig
 
 
 def resolve_device(device: str) -> torch.device:
-    """``"auto"``: CUDA when present, else the CPU."""
+    """``"auto"``: CUDA when present, else the CPU. Naming CUDA where there is none raises (the
+    configs' :func:`check_device` validator says so at validation time already)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("model.device = 'cuda' but no CUDA device is available; use 'auto'")
     return torch.device(device)
+
+
+class TorchModelConfig(ModelConfig):
+    """Fields every torch family shares. Training is from scratch each generation unless
+    ``warm_start`` (then generation t continues from t-1's weights and optimizer state)."""
+
+    steps: int = Field(1000, ge=1, le=10_000_000)
+    batch_size: int = Field(128, ge=1, le=1_000_000)
+    learning_rate: float = Field(1e-3, gt=0.0, le=10.0)
+    warm_start: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: torch intra-op threads while fitting/sampling; 0 leaves torch's setting alone. These nets are
+    #: small, so one thread wastes little and stays fast on a machine whose cores are shared;
+    #: raise it on an idle many-core machine.
+    threads: int = Field(1, ge=0, le=1024)
 
 
 def check_device(device: str) -> str:
@@ -157,3 +180,35 @@ def load_optimizer_arrays(
         for name, v in s.items():
             s[name] = v if name == "step" else v.to(params[idx].device)
     opt.load_state_dict({"state": slots, "param_groups": sd["param_groups"]})
+
+
+def init_weights(module: torch.nn.Module, g: torch.Generator) -> None:
+    """Re-initialise every Linear / Conv / Embedding as PyTorch does by default, but from ``g``:
+    layer constructors draw from torch's global generator, which would tie a fit to whatever ran
+    before it in the process."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, torch.nn.Linear | torch.nn.Conv2d):
+                torch.nn.init.kaiming_uniform_(m.weight, a=5**0.5, generator=g)
+                if m.bias is not None:
+                    fan_in = m.weight[0].numel()
+                    bound = 1 / fan_in**0.5
+                    torch.nn.init.uniform_(m.bias, -bound, bound, generator=g)
+            elif isinstance(m, torch.nn.Embedding):
+                torch.nn.init.normal_(m.weight, generator=g)
+
+
+class threads:
+    """Context manager: run with ``n`` torch threads (0 = unchanged), then restore."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.before = torch.get_num_threads()
+
+    def __enter__(self) -> None:
+        if self.n:
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.n:
+            torch.set_num_threads(self.before)

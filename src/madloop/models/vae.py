@@ -24,13 +24,16 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from madloop.models._torch import TorchModelConfig, init_weights, resolve_device, threads
 from madloop.models.base import FamilySpec, PerReplicate, check_is_fitted, register_family
 from madloop.models.torchkit import (
+    TorchModelConfig,
+    init_weights,
     load_module_arrays,
     load_optimizer_arrays,
     module_arrays,
     optimizer_arrays,
+    resolve_device,
+    threads,
     torch_generator,
 )
 

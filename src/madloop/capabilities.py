@@ -1,0 +1,64 @@
+"""What a model or a data source can do, as runtime-checkable protocols, and the one place that
+decides whether an arm runs in ``exact`` mode.
+
+The loop never asks a family for its name: it asks whether the object satisfies a protocol.
+- :class:`SufficientStatistics`: the model fits on and samples Gaussian sufficient statistics
+  (count, mean, scatter factor), so the loop can skip drawing points;
+- :class:`RealStatistics`: the real source draws such statistics too;
+- :class:`Moments`: ``moments() -> (mean, factor)`` of the fitted law (exact Gaussian metrics, the
+  web pool's exact draws);
+- :class:`Checkpointable`: ``get_state`` / ``set_state`` of arrays (checkpoints, resume,
+  non-finite-state detection);
+- :class:`RendersSamples`: the source renders a gallery of samples (image grid, scatter, text).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class SufficientStatistics(Protocol):
+    def fit_stats(self, stats: Any) -> Any: ...
+
+    def sample_stats(self, n: int, *, bias: float, rng: Any) -> Any: ...
+
+
+@runtime_checkable
+class RealStatistics(Protocol):
+    def sample_stats(self, n: int, *, replicates: int, rng: Any) -> Any: ...
+
+
+@runtime_checkable
+class Moments(Protocol):
+    def moments(self) -> tuple[Any, Any]: ...
+
+
+@runtime_checkable
+class Checkpointable(Protocol):
+    def get_state(self) -> dict[str, Any]: ...
+
+    def set_state(self, state: dict[str, Any]) -> Any: ...
+
+
+@runtime_checkable
+class RendersSamples(Protocol):
+    def render_samples(self, points: Any, path_stem: Path) -> list[Path]: ...
+
+
+def exact_requested(model_config: Any) -> bool:
+    """Whether ``[model]`` asks for the exact mode (families that have one declare a ``mode``
+    field, see :meth:`madloop.config.ModelConfig.requested_mode`)."""
+    return model_config.requested_mode() == "exact"
+
+
+def exact_mode(model_config: Any, regime: Any, model: Any = None, real: Any = None) -> bool:
+    """Whether an arm runs on sufficient statistics: the config asks for it, the regime's law is
+    a function of whole batches (``regime.exact``), and, when given, the built model and real
+    source can draw and fit statistics."""
+    if not exact_requested(model_config) or not getattr(regime, "exact", False):
+        return False
+    if model is not None and not isinstance(model, SufficientStatistics):
+        return False
+    return real is None or isinstance(real, RealStatistics)
