@@ -174,7 +174,12 @@ def theory_cmd(
         fail(e.problems)
     frame = theory_frame(arms)
     if frame.empty:
-        console.print("no closed-form theory for this config (it needs Gaussian data and model)")
+        from madloop.theory import PREDICTORS
+
+        known = ", ".join(sorted(PREDICTORS))
+        console.print(
+            f"no closed-form theory applies to this config (theories: {known}; see madloop.theory)"
+        )
         return
     wide = frame.pivot_table(index=["arm", "generation"], columns="metric", values="theory")
     wide = wide.reset_index()

@@ -6,7 +6,7 @@ showing them all:
 - ``gaussian``: ``examples/mad-gaussian.toml``, the seed's Gaussian study (fully synthetic with
   λ = 1 and λ < 1, synthetic augmentation, fresh data) with its closed-form theory.
 - ``phase``: the fresh-data phase diagram, ``examples/fresh-data-phase.toml`` run by
-  ``madloop sweep`` (when the sweep module exists).
+  ``madloop sweep``.
 - ``images``: a small image loop with and without bias, the bias arms of
   ``examples/mad-digits.toml`` for 4 generations (when the neural families exist).
 
