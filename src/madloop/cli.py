@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -50,16 +50,43 @@ def note_exact_fallback(arms: list) -> None:
             )
 
 
-def progress_bar(quiet: bool) -> Progress:
-    """The one progress bar every long command shows (on stderr, with an ETA)."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        disable=quiet,
-    )
+class LazyProgress:
+    """The one progress bar every long command shows (on stderr, with an ETA). It appears only
+    once the work has started (:meth:`begin`), so a command refused before it ran (a config
+    error, a locked directory) prints no bar."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            disable=quiet,
+        )
+        self.task: Any = None
+
+    def __enter__(self) -> LazyProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.task is not None:
+            self.bar.stop()
+
+    def begin(self, description: str, total: int, completed: int = 0) -> None:
+        """Show the bar (once); later calls reset it, e.g. when a resume reuses finished work."""
+        if self.task is None:
+            self.bar.start()
+            self.task = self.bar.add_task(description, total=total, completed=completed)
+        else:
+            self.bar.reset(self.task, total=total, completed=completed, description=description)
+
+    def advance(self, description: str) -> None:
+        self.bar.update(self.task, advance=1, description=description)
+
+
+def progress_bar(quiet: bool) -> LazyProgress:
+    return LazyProgress(quiet)
 
 
 ConfigArg = Annotated[Path, typer.Argument(help="Experiment config (TOML).", show_default=False)]
@@ -116,10 +143,11 @@ def run_cmd(
         fail(too_big + estimate.lines())
     total = sum(a.config.generations for a in arms)
     with progress_bar(quiet) as bar:
-        task = bar.add_task(base.name, total=total)
 
         def progress(arm: str, generation: int, generations: int) -> None:
-            bar.update(task, advance=1, description=f"{base.name} [{arm}] gen {generation}")
+            if bar.task is None:
+                bar.begin(base.name, total=total)
+            bar.advance(f"{base.name} [{arm}] gen {generation}")
 
         def note(message: str) -> None:
             err.print(f"[yellow]note[/yellow]: {message}", highlight=False, soft_wrap=True)
@@ -323,19 +351,17 @@ def sweep_cmd(
     for line in p.warnings:
         err.print(f"[yellow]warning[/yellow]: {line}", highlight=False)
     with progress_bar(quiet) as bar:
-        task = bar.add_task(p.name, total=len(p.tasks))
         failed = 0
 
         def on_start(plan_: object, to_run: int) -> None:
-            reused = len(p.tasks) - to_run
-            # reset, not update: the reused tasks must not count towards the speed (ETA)
-            bar.reset(task, total=len(p.tasks), completed=reused, description=f"{p.name}")
+            # the reused tasks start the bar as completed: they must not count towards the ETA
+            bar.begin(p.name, total=len(p.tasks), completed=len(p.tasks) - to_run)
 
         def progress(result: object, done: int, to_run: int) -> None:
             nonlocal failed
             failed += 0 if getattr(result, "ok", True) else 1
             note = f", [red]{failed} failed[/red]" if failed else ""
-            bar.update(task, advance=1, description=f"{p.name}{note}")
+            bar.advance(f"{p.name}{note}")
 
         try:
             result = sweep(

@@ -66,6 +66,7 @@ from madloop.executors import Executor, TaskResult, make_executor
 from madloop.experiment import run
 from madloop.storage import write_atomic, write_parquet
 from madloop.storage.environment import git_commit, versions
+from madloop.storage.lock import DirectoryLock, DirectoryLocked
 
 #: top-level keys a grid may set besides the tables' fields (seeds come from ``seeds = K``)
 SWEEPABLE_TOP = ("generations", "replicates", "include_base")
@@ -422,6 +423,34 @@ def sweep(
     started = time.time()
     plan_ = plan(config)
     out = Path(out) if out is not None else default_out(plan_.name)
+    lock = DirectoryLock(out, what="sweep")  # a second sweep on this directory is refused
+    try:
+        lock.acquire()
+    except DirectoryLocked as err:
+        raise ConfigError([f"--out: {err}"]) from None
+    try:
+        return _sweep_locked(
+            plan_, out, executor, workers, address, resume, plots, generation, progress, on_start,
+            started,
+        )  # fmt: skip
+    finally:
+        lock.release()
+
+
+def _sweep_locked(
+    plan_: SweepPlan,
+    out: Path,
+    executor: str | Executor,
+    workers: int | None,
+    address: str | None,
+    resume: bool,
+    plots: bool,
+    generation: int | None,
+    progress: Progress | None,
+    on_start: Callable[[SweepPlan, int], None] | None,
+    started: float,
+) -> SweepResult:
+    """:func:`sweep` once it holds the directory's lock."""
     if not resume:
         for stale in ("tasks", "plots"):
             shutil.rmtree(out / stale, ignore_errors=True)
@@ -430,7 +459,6 @@ def sweep(
     out.mkdir(parents=True, exist_ok=True)
     status = {t.id: "reused" for t in plan_.tasks if finished(out, t)}
     todo = [t for t in plan_.tasks if t.id not in status]
-    by_id = {t.id: t for t in plan_.tasks}
     ex = make_executor(executor, workers=workers, address=address)
     errors: dict[str, str] = {}
     runs: dict[str, dict[str, Any]] = {}
@@ -439,22 +467,7 @@ def sweep(
     if on_start is not None:
         on_start(plan_, len(todo))
     t_run = time.perf_counter()
-    last_save = time.monotonic()
-    for n, result in enumerate(ex.map(run_task, todo), start=1):
-        task = by_id[result.task_id]
-        runs[task.id] = {"seconds": round(result.seconds, 4), "worker": result.worker}
-        if result.ok:
-            write_task(out, task, result)
-            status[task.id] = "done"
-        else:
-            status[task.id] = "failed"
-            errors[task.id] = result.error or "unknown error"
-            runs[task.id]["traceback"] = result.traceback
-        if progress is not None:
-            progress(result, n, len(todo))
-        if time.monotonic() - last_save > 5.0:  # a status snapshot now and then, not per task
-            _write_sweep_json(out, plan_, manifest, status, errors, runs)
-            last_save = time.monotonic()
+    _run_tasks(out, plan_, ex, todo, status, errors, runs, manifest, progress)
     run_wall = time.perf_counter() - t_run
     results = gather(out, plan_.tasks, "metrics.parquet", METRIC_COLUMNS)
     theory = gather(out, plan_.tasks, "theory.parquet", THEORY_COLUMNS)
@@ -463,13 +476,7 @@ def sweep(
         write_parquet(theory, out / "theory.parquet")
     else:
         (out / "theory.parquet").unlink(missing_ok=True)
-    known = {t.id for t in plan_.tasks}
-    stale = sorted(
-        str(m.parent.relative_to(out / "tasks"))
-        for m in (out / "tasks").glob("**/manifest.json")
-        if str(m.parent.relative_to(out / "tasks")) not in known
-    )
-    manifest["stale_tasks"] = stale  # from an older grid: a glob over tasks/ still sees them
+    manifest["stale_tasks"] = _stale_tasks(out, plan_)
     manifest["timings_s"] = {
         "run_wall": round(run_wall, 4),
         "task_sum": round(sum(r["seconds"] for r in runs.values() if _finite(r["seconds"])), 4),
@@ -483,6 +490,48 @@ def sweep(
     manifest["timings_s"]["total"] = round(time.time() - started, 4)
     _write_sweep_json(out, plan_, manifest, status, errors, runs)
     return SweepResult(plan_, results, theory, status, errors, out, manifest)
+
+
+def _run_tasks(
+    out: Path,
+    plan_: SweepPlan,
+    ex: Executor,
+    todo: list[Task],
+    status: dict[str, str],
+    errors: dict[str, str],
+    runs: dict[str, dict[str, Any]],
+    manifest: dict[str, Any],
+    progress: Progress | None,
+) -> None:
+    """Run ``todo`` on ``ex``; write each finished task as it arrives, a status snapshot of
+    sweep.json now and then (not per task)."""
+    by_id = {t.id: t for t in plan_.tasks}
+    last_save = time.monotonic()
+    for n, result in enumerate(ex.map(run_task, todo), start=1):
+        task = by_id[result.task_id]
+        runs[task.id] = {"seconds": round(result.seconds, 4), "worker": result.worker}
+        if result.ok:
+            write_task(out, task, result)
+            status[task.id] = "done"
+        else:
+            status[task.id] = "failed"
+            errors[task.id] = result.error or "unknown error"
+            runs[task.id]["traceback"] = result.traceback
+        if progress is not None:
+            progress(result, n, len(todo))
+        if time.monotonic() - last_save > 5.0:
+            _write_sweep_json(out, plan_, manifest, status, errors, runs)
+            last_save = time.monotonic()
+
+
+def _stale_tasks(out: Path, plan_: SweepPlan) -> list[str]:
+    """Task folders from an older grid: a glob over tasks/ still sees them."""
+    known = {t.id for t in plan_.tasks}
+    return sorted(
+        str(m.parent.relative_to(out / "tasks"))
+        for m in (out / "tasks").glob("**/manifest.json")
+        if str(m.parent.relative_to(out / "tasks")) not in known
+    )
 
 
 def _finite(x: float) -> bool:

@@ -10,7 +10,7 @@ A **run directory** (``madloop run CONFIG --out DIR``)::
     DIR/plots/              metric figures; plots/samples/ the galleries
     DIR/checkpoints/        one folder per arm (:mod:`madloop.checkpoint`)
     DIR/cache/              what a data source caches (e.g. the image metrics' feature network)
-    DIR/.lock               held while a run writes here
+    DIR/.madloop.lock       held while a run writes here (:mod:`madloop.storage.lock`)
 
 A **sweep directory** (``madloop sweep CONFIG --out DIR``)::
 
@@ -23,7 +23,7 @@ A **sweep directory** (``madloop sweep CONFIG --out DIR``)::
     DIR/results.parquet     swept keys + seed + the long table, every task, in grid order
     DIR/theory.parquet      swept keys + seed + the theory table
     DIR/plots/              phase diagrams
-    DIR/.lock               held while a sweep runs here
+    DIR/.madloop.lock       held while a sweep runs here
 
 Readers go through :class:`RunDir` / :class:`SweepDir` instead of spelling file names, so the
 format has one owner. Nothing here imports the loop: the report reads directories with it.
@@ -46,7 +46,7 @@ PLOTS = "plots"
 SAMPLES = "plots/samples"
 CHECKPOINTS = "checkpoints"
 CACHE = "cache"
-LOCK = ".lock"
+LOCK = ".madloop.lock"
 
 SWEEP_JSON = "sweep.json"
 TASKS = "tasks"
