@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from madloop.config import ConfigError
+from madloop.storage.files import StorageFull
 
 app = typer.Typer(
     add_completion=False,
@@ -404,6 +405,9 @@ def main() -> None:
         for line in e.problems:
             print(f"error: {line}", file=sys.stderr)
         sys.exit(2)
+    except StorageFull as e:  # the disk filled: what was written before stays valid
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

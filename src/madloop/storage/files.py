@@ -9,11 +9,46 @@ under the real name. This module imports nothing from madloop, so every layer ma
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+#: errors that mean "the disk (or the quota) is full"
+FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class StorageFull(OSError):
+    """A write failed for lack of space: the message names the file, the space it needed (when
+    known) and what is free. Nothing is left under the final name; earlier files are intact."""
+
+    def __init__(self, path: Path, needed: int | None, cause: OSError) -> None:
+        try:
+            free = shutil.disk_usage(path.parent).free
+        except OSError:
+            free = None
+        need = f"about {human_bytes(needed)}" if needed is not None else "more space"
+        have = f"; {human_bytes(free)} free" if free is not None else ""
+        super().__init__(
+            cause.errno,
+            f"no space left to write {path} (it needs {need}{have}): free some space, then run "
+            "the same command again with --resume (a sweep resumes by default)",
+        )
+        self.path, self.needed, self.free = path, needed, free
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
 
 
 @contextlib.contextmanager
@@ -27,6 +62,11 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as err:
+        if err.errno in FULL and not isinstance(err, StorageFull):
+            size = tmp.stat().st_size if tmp.exists() else None
+            raise StorageFull(path, size, err) from err
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -34,9 +74,20 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
 
 def write_atomic(path: str | os.PathLike, data: bytes | str, *, fsync: bool = True) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename (``fsync`` first, for
-    durability against power loss, unless asked not to)."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        fh.write(data.encode() if isinstance(data, str) else data)
+    durability against power loss, unless asked not to). A full disk raises
+    :class:`StorageFull` naming the path and the bytes it needed."""
+    raw = data.encode() if isinstance(data, str) else data
+    try:
+        with atomic_path(path) as tmp:
+            write_file(tmp, raw, fsync=fsync)
+    except StorageFull as err:
+        raise StorageFull(Path(path), len(raw), err) from err
+
+
+def write_file(path: Path, data: bytes, *, fsync: bool) -> None:
+    """The one place bytes reach the disk (tests inject write faults here)."""
+    with open(path, "wb") as fh:
+        fh.write(data)
         if fsync:
             fh.flush()
             os.fsync(fh.fileno())
