@@ -190,6 +190,20 @@ REGIMES: dict[str, Callable[..., Regime]] = {
 }
 
 
+#: modules of madloop's own that register more regimes when imported (loaded on first lookup, so
+#: the regimes module never imports the engines above it)
+BUILTIN_PLUGINS = ("madloop.pool",)
+
+
+def load_regimes() -> dict[str, Callable[..., Regime]]:
+    """Every regime, the built-in plug-ins' (web-pool) included."""
+    import importlib
+
+    for module in BUILTIN_PLUGINS:
+        importlib.import_module(module)
+    return REGIMES
+
+
 def register_regime(cls: type[Regime]) -> type[Regime]:
     """Class decorator: make a regime available to configs under ``cls.name``."""
     REGIMES[cls.name] = cls

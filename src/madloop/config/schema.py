@@ -27,7 +27,7 @@ from madloop.config.sections import (
 )
 from madloop.data import load_sources
 from madloop.models.base import load_families
-from madloop.regimes import REGIMES, Regime
+from madloop.regimes import REGIMES, Regime, load_regimes
 
 
 class TopLevel(BaseModel):
@@ -90,9 +90,7 @@ def validate_section(
 
 
 def regime_configs() -> dict[str, type[BaseModel]]:
-    import madloop.pool  # noqa: F401  (registers the web-pool regime)
-
-    return {name: getattr(cls, "config", LoopConfig) for name, cls in REGIMES.items()}
+    return {name: getattr(cls, "config", LoopConfig) for name, cls in load_regimes().items()}
 
 
 def validate(raw: Mapping[str, Any], *, arm: str | None = None) -> ExperimentConfig:

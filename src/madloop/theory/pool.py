@@ -122,7 +122,7 @@ def pool_moments(
     scrape: Literal["random", "proportional"] = "random",
     min_train: int = 2,
     max_age: int | None = None,
-) -> dict[str, dict[str, np.ndarray]]:
+) -> dict[str, dict[str, np.ndarray]]:  # long: one recursion step, read beside the docstring
     """E[trace_ratio], E[mean_error_sq] / tr Σ_0 and E[synthetic_share] per lineage and generation.
 
     ``reachable(t, lag)`` lists the cohorts a scrape with that lag sees at generation t (t >= 2;
