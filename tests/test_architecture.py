@@ -18,6 +18,7 @@ LAYERS = {
     "madloop": 9,  # the lazy top-level package (PEP 562): nothing at import time
     "madloop.types": 0,
     "madloop.capabilities": 0,
+    "madloop.registry": 0,
     "madloop.storage": 0,
     "madloop.linalg": 0,
     "madloop.counts": 0,

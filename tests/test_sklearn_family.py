@@ -206,9 +206,9 @@ class _EntryPoint:
 
 def test_an_installed_package_adds_an_estimator(monkeypatch):
     base.load_families()
-    monkeypatch.setattr(base, "_loaded", False)
-    monkeypatch.setattr(base, "entry_points", lambda group: [_EntryPoint()])
-    monkeypatch.setattr(base, "FAMILIES", dict(base.FAMILIES))
+    monkeypatch.setattr(base.FAMILIES, "_loaded", False)
+    monkeypatch.setattr("madloop.registry.entry_points", lambda group: [_EntryPoint()])
+    monkeypatch.setitem(base.FAMILIES, "mixture3", None)  # removed again after the test
     monkeypatch.setattr("madloop.models.sklearn.ESTIMATORS", dict(ESTIMATORS))
     families = base.load_families()
     assert "mixture3" in families

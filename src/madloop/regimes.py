@@ -12,9 +12,11 @@ distribution without bias.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
+
+from madloop.registry import Registry
 
 SizeSpec = int | Sequence[int]
 
@@ -184,27 +186,14 @@ class AccumulateSubsample(Accumulate):
         return Composition(comp.parts, comp.keep, subsample=target)
 
 
-REGIMES: dict[str, Callable[..., Regime]] = {
-    cls.name: cls
-    for cls in (FullySynthetic, SyntheticAugmentation, FreshData, Accumulate, AccumulateSubsample)
-}
+#: the regimes, by name; the built-in plug-in modules (madloop.pool: web-pool) register more when
+#: loaded, so this module never imports the engines above it
+REGIMES: Registry[type[Regime]] = Registry("regime", builtins=("madloop.pool",))
+for _cls in (FullySynthetic, SyntheticAugmentation, FreshData, Accumulate, AccumulateSubsample):
+    REGIMES.register(_cls)
+register_regime = REGIMES.register
 
 
-#: modules of madloop's own that register more regimes when imported (loaded on first lookup, so
-#: the regimes module never imports the engines above it)
-BUILTIN_PLUGINS = ("madloop.pool",)
-
-
-def load_regimes() -> dict[str, Callable[..., Regime]]:
+def load_regimes() -> Registry[type[Regime]]:
     """Every regime, the built-in plug-ins' (web-pool) included."""
-    import importlib
-
-    for module in BUILTIN_PLUGINS:
-        importlib.import_module(module)
-    return REGIMES
-
-
-def register_regime(cls: type[Regime]) -> type[Regime]:
-    """Class decorator: make a regime available to configs under ``cls.name``."""
-    REGIMES[cls.name] = cls
-    return cls
+    return REGIMES.load()

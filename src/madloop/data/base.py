@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from madloop.config import DataConfig
+from madloop.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -19,32 +19,20 @@ class DataSpec:
     build: Callable[..., Any]  # (config, *, rng: Generator) -> RealSource
 
 
-DATA_SOURCES: dict[str, DataSpec] = {}
-_BUILTIN_MODULES = (
+#: the real-data sources, by name
+DATA_SOURCES: Registry[DataSpec] = Registry("data source", builtins=(
     "madloop.data.gaussian",
     "madloop.data.toy2d",
     "madloop.data.images",
     "madloop.data.text",
     "madloop.data.categorical",
-)
-_loaded = False
+))
+register_source = DATA_SOURCES.register
 
 
-def register_source(spec: DataSpec) -> DataSpec:
-    DATA_SOURCES[spec.name] = spec
-    return spec
-
-
-def load_sources() -> dict[str, DataSpec]:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        for module in _BUILTIN_MODULES:
-            try:
-                importlib.import_module(module)
-            except ImportError:
-                pass
-    return DATA_SOURCES
+def load_sources() -> Registry[DataSpec]:
+    """Import the built-in sources (once; one whose optional extra is missing is left out)."""
+    return DATA_SOURCES.load()
 
 
 def build_source(config: DataConfig, *, rng: np.random.Generator) -> Any:

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from madloop.registry import Registry
+
 
 @dataclass(frozen=True)
 class MetricSuite:
@@ -24,12 +26,9 @@ class MetricSuite:
     samples: bool = False
 
 
-METRIC_SUITES: dict[str, MetricSuite] = {}
-
-
-def register_suite(suite: MetricSuite) -> MetricSuite:
-    METRIC_SUITES[suite.name] = suite
-    return suite
+#: the metric suites, by name (the built-in ones register when :mod:`madloop.metrics` loads)
+METRIC_SUITES: Registry[MetricSuite] = Registry("metric suite")
+register_suite = METRIC_SUITES.register
 
 
 def evaluate(

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import importlib
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import Any, Self
 
 import numpy as np
 
 from madloop.config import ModelConfig
+from madloop.registry import Registry
 from madloop.types import SYNTHETIC, Points, RealSource
 
 
@@ -60,8 +58,11 @@ class FamilySpec:
     requires: str | None = None  # optional extra that must be installed, e.g. "torch"
 
 
-FAMILIES: dict[str, FamilySpec] = {}
-_BUILTIN_MODULES = (
+#: the model families, by name: the built-in ones and those installed packages publish under the
+#: ``madloop.families`` entry point (a FamilySpec, or a callable returning one)
+FAMILIES: Registry[FamilySpec] = Registry(
+    "model family",
+    builtins=(
     "madloop.models.gaussian",
     "madloop.models.ddpm",
     "madloop.models.vae",
@@ -71,48 +72,17 @@ _BUILTIN_MODULES = (
     "madloop.models.ngram",
     "madloop.models.sklearn",
     "madloop.models.char_transformer",
+),
+    entry_point="madloop.families",
+    check=lambda entry: isinstance(entry, FamilySpec),
 )
-_loaded = False
+register_family = FAMILIES.register
 
 
-def register_family(spec: FamilySpec) -> FamilySpec:
-    FAMILIES[spec.name] = spec
-    return spec
-
-
-def load_families() -> dict[str, FamilySpec]:
-    """Import the built-in families and those installed packages publish under the
-    ``madloop.families`` entry point. A config names a family; it never names code to import."""
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        for module in _BUILTIN_MODULES:
-            try:
-                importlib.import_module(module)
-            except ImportError:  # an optional extra (torch, ...) is missing
-                pass
-        for ep in entry_points(group="madloop.families"):
-            try:
-                spec = ep.load()
-                spec = spec() if callable(spec) and not isinstance(spec, FamilySpec) else spec
-            except Exception as err:  # a broken plugin must not break every config
-                warnings.warn(
-                    f"madloop.families entry point {ep.name!r} ({ep.value}) failed to load: "
-                    f"{type(err).__name__}: {err}",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                continue
-            if not isinstance(spec, FamilySpec):
-                warnings.warn(
-                    f"madloop.families entry point {ep.name!r} gave {type(spec).__name__}, "
-                    "not a FamilySpec; ignored",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                continue
-            register_family(spec)
-    return FAMILIES
+def load_families() -> Registry[FamilySpec]:
+    """Import the built-in families and the installed plug-ins (once). A config names a family;
+    it never names code to import."""
+    return FAMILIES.load()
 
 
 class PerReplicate:

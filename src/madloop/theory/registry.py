@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from madloop.registry import Registry
+
 THEORY_COLUMNS = ["arm", "generation", "metric", "theory"]
 
 
@@ -24,12 +26,9 @@ class Predictor:
     labels: bool = False
 
 
-PREDICTORS: dict[str, Predictor] = {}
-
-
-def register_predictor(predictor: Predictor) -> Predictor:
-    PREDICTORS[predictor.name] = predictor
-    return predictor
+#: the closed-form predictors, by name (the built-in ones register when madloop.theory loads)
+PREDICTORS: Registry[Predictor] = Registry("theory")
+register_predictor = PREDICTORS.register
 
 
 def arm_predictions(
