@@ -156,10 +156,10 @@ def estimate_arm(arm: Any, *, keep_checkpoints: int = 2) -> ArmEstimate:
     R, T = cfg.replicates, cfg.generations
     e = _event_size(cfg)
     regime = make_regime(cfg.loop)
-    try:
+    if regime.engine == "loop":
         _, peak, pool = training_sizes(regime, T)
         union, mixing = union_profile(regime, T)
-    except TypeError:  # a regime with an engine of its own (web-pool): no per-chain recipe
+    else:  # a regime with an engine of its own (web-pool): no per-chain recipe
         peak = pool = union = 0
         mixing = True
     exact = getattr(cfg.model, "mode", "sample") == "exact" and regime.exact
