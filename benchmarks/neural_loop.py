@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from madloop.config import parse
-from madloop.experiment import build_loop
+from madloop.engines import build_loop
 from madloop.models.base import load_families
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -110,9 +110,9 @@ def main() -> None:
     )
     theory_s = time.perf_counter() - t1
     level2.to_csv(out / "boundary.csv", index=False)
-    from madloop.pool import _real_source
+    from madloop.pool import real_source
 
-    trace0 = float(np.trace(_real_source(cfg).covariance))
+    trace0 = float(np.trace(real_source(cfg).covariance))
     cells = results[results.metric == "mean_error_sq"].rename(
         columns={"loop.adoption": "adoption", "loop.detector.tpr": "tpr"}
     )

@@ -19,6 +19,7 @@ LAYERS = {
     "madloop.types": 0,
     "madloop.capabilities": 0,
     "madloop.registry": 0,
+    "madloop.state": 0,  # checkpointable state as arrays (loop and pool encode their own)
     "madloop.storage": 0,
     "madloop.linalg": 0,
     "madloop.counts": 0,
@@ -33,6 +34,7 @@ LAYERS = {
     "madloop.config.arms": 3,
     "madloop.config.paths": 3,
     "madloop.loop": 4,
+    "madloop.engines": 4,
     "madloop.pool": 4,
     "madloop.checkpoint": 4,
     "madloop.galleries": 4,

@@ -323,7 +323,7 @@ def test_object_arrays_are_never_unpickled() -> None:
 
 def test_config_mismatch_is_a_checkpoint_error(tmp_path) -> None:
     from madloop.config import parse
-    from madloop.experiment import build_loop
+    from madloop.engines import build_loop
 
     _, arms = parse(tiny_cfg())
     loop = build_loop(arms[0])

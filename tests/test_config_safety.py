@@ -113,7 +113,7 @@ def test_unicode_names_are_fine_and_dirs_are_safe() -> None:
 def test_no_generator_lives_across_generations() -> None:
     """What resume relies on: the loop, its model and its source hold no random generator; each
     generation's comes from SeedSequence(seed, spawn_key=(stream, t))."""
-    from madloop.experiment import build_loop
+    from madloop.engines import build_loop
 
     for mode in ("exact", "sample"):
         _, arms = parse(base(model={"family": "gaussian", "mode": mode}, generations=3))

@@ -10,7 +10,7 @@ torch.set_num_threads(1)
 
 import madloop  # noqa: E402
 from madloop.config import ConfigError, parse, validate  # noqa: E402
-from madloop.experiment import build_loop  # noqa: E402
+from madloop.engines import build_loop  # noqa: E402
 from madloop.models.base import PerReplicate, load_families  # noqa: E402
 from madloop.models.flow import FlowConfig, FlowModel  # noqa: E402
 from madloop.models.gan import GANConfig, GANModel  # noqa: E402

@@ -269,7 +269,7 @@ def test_end_to_end_digits_images(tmp_path):
 def test_evaluation_sample_never_changes_the_trajectory():
     """The metric suites draw their own sample with the metric generator: measuring more points
     leaves every fitted weight of the next generations unchanged."""
-    from madloop.experiment import build_loop
+    from madloop.engines import build_loop
 
     states = []
     for eval_size in (30, 90):

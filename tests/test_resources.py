@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from madloop import resources
 from madloop.cli import app
 from madloop.config import parse
-from madloop.experiment import build_loop
+from madloop.engines import build_loop
 from madloop.regimes import REGIMES
 
 

@@ -53,12 +53,17 @@ def exact_requested(model_config: Any) -> bool:
     return model_config.requested_mode() == "exact"
 
 
-def exact_mode(model_config: Any, regime: Any, model: Any = None, real: Any = None) -> bool:
-    """Whether an arm runs on sufficient statistics: the config asks for it, the regime's law is
-    a function of whole batches (``regime.exact``), and, when given, the built model and real
-    source can draw and fit statistics."""
-    if not exact_requested(model_config) or not getattr(regime, "exact", False):
+def exact_capable(regime: Any, model: Any = None, real: Any = None) -> bool:
+    """Whether the regime's law is a function of whole batches (``regime.exact``) and, when
+    given, the built model and real source can draw and fit sufficient statistics."""
+    if not getattr(regime, "exact", False):
         return False
     if model is not None and not isinstance(model, SufficientStatistics):
         return False
     return real is None or isinstance(real, RealStatistics)
+
+
+def exact_mode(model_config: Any, regime: Any, model: Any = None, real: Any = None) -> bool:
+    """Whether an arm runs on sufficient statistics: the config asks for it and
+    :func:`exact_capable` holds. The one place this is decided for single-chain arms."""
+    return exact_requested(model_config) and exact_capable(regime, model, real)

@@ -1,12 +1,17 @@
-"""Checkpoints: what a loop needs to go on after a crash, written atomically and checksummed.
+"""Checkpoints: what an engine needs to go on after a crash, written atomically and checksummed.
 
-Layout, one directory per arm under ``RUN/checkpoints/``::
+A checkpoint sees an engine only through :class:`madloop.loop.Engine`: its ``generation``, its
+records and its ``get_state()`` / ``set_state()`` arrays, named ``group/key``; each group is one
+file. Layout, one directory per arm under ``RUN/checkpoints/``::
 
-    <arm>/records/gen000007.npz     the metrics, provenance and failures of generation 7 (kept)
-    <arm>/gen000007/model.npz       the chain model's ``get_state()`` arrays
-    <arm>/gen000007/kept.npz        what the regime keeps (``Loop.kept``: Points / Stats, frames)
-    <arm>/gen000007/source.npz      the real source's ``get_state()``, when it has one
-    <arm>/gen000007/index.json      written last: loop counters, config, SHA-256 of every file
+    <arm>/records/gen000007.npz     generation 7's records (metrics, provenance, failures; one per
+                                    label of the engine, e.g. per pool lineage), kept for good
+    <arm>/gen000007/<group>.npz     the engine's state, one file per group. A Loop writes
+                                    model.npz (the family's ``get_state()``), kept.npz (what the
+                                    regime keeps), loop.npz (counters, stopped chains) and
+                                    source.npz (the real source's state, when it has one); a
+                                    web pool writes pool.npz, lineages.npz, samplers.npz, ...
+    <arm>/gen000007/index.json      written last: config, versions, SHA-256 of every file
 
 Every file is written to a temporary name and renamed, so a crash (SIGKILL, an exception, OOM)
 never leaves half a file under a real name. Files are not fsync'ed by default (on this project's
@@ -20,9 +25,10 @@ there; the index checksums itself too. Anything else (a missing, truncated or fl
 reported by name and the previous checkpoint is tried; only the newest ``keep`` are kept.
 
 Arrays only: ``.npz`` read with ``allow_pickle=False``, so a checkpoint handed to someone cannot
-run code. Strings and nesting live in the JSON index.
+run code. Strings are unicode arrays (see :mod:`madloop.state`).
 
-Random state: the loop draws generation t from ``SeedSequence(seed, spawn_key=(stream, t))``, and
+Random state: an engine draws generation t from ``SeedSequence(seed, spawn_key=(stream, t, ...))``,
+and
 the real source is rebuilt from ``SeedSequence(seed, spawn_key=(0,))``; no generator lives across
 generations, so nothing beyond the generation counter is needed to resume the random streams.
 Families get a fresh generator per call by contract (stateful ones keep what they need in
@@ -32,9 +38,7 @@ Families get a fresh generator per call by contract (stateful ones keep what the
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import importlib
 import io
 import json
 import os
@@ -48,16 +52,19 @@ from typing import Any
 
 import numpy as np
 
-from madloop.loop import GenerationRecord, Loop
-from madloop.types import Frame, Points, Stats
+from madloop.loop import Engine, GenerationRecord
+from madloop.state import (  # noqa: F401  (re-exported: the batch encoders lived here)
+    CheckpointError,
+    decode_dataclass,
+    decode_kept,
+    encode_dataclass,
+    encode_kept,
+)
 
-FORMAT = 1
+FORMAT = 2  # 2: any engine's state, one file per state group; records hold every label's
 Log = Callable[[str], None]
 _GEN = re.compile(r"^gen(\d{6,})$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be trusted; the message names the file and why."""
+_GROUP = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 # -- files ----------------------------------------------------------------------------------------
@@ -135,119 +142,17 @@ def arm_dirname(name: str) -> str:
     return safe
 
 
-# -- what a loop holds -> arrays ------------------------------------------------------------------
-def encode_kept(kept: Mapping[str, Points | Stats]) -> tuple[dict[str, np.ndarray], list[dict]]:
-    """Arrays and a JSON description of ``Loop.kept``. Frames are stored once each and restored
-    as shared objects, since :meth:`Points.concat` compares frames by identity."""
-    arrays: dict[str, np.ndarray] = {}
-    meta: list[dict] = []
-    frames: dict[int, int] = {}
-    for i, (name, batch) in enumerate(kept.items()):
-        p = f"k{i}/"
-        if isinstance(batch, Stats):
-            arrays |= {p + "count": batch.count, p + "mean": batch.mean, p + "factor": batch.factor}
-            keys = sorted(batch.provenance)
-            arrays[p + "prov_keys"] = np.asarray(keys, dtype=np.int64).reshape(len(keys), 2)
-            arrays[p + "prov_counts"] = np.asarray([np.asarray(batch.provenance[k]) for k in keys])
-            meta.append({"name": name, "kind": "stats"})
-            continue
-        if not isinstance(batch, Points):  # another family's sufficient statistics (Counts...)
-            meta.append({"name": name, **encode_dataclass(batch, p, arrays)})
-            continue
-        arrays |= {p + "X": batch.X, p + "source": batch.source, p + "origin": batch.origin}
-        if batch.y is not None:
-            arrays[p + "y"] = batch.y
-        frame = None
-        if batch.frame is not None:
-            frame = frames.setdefault(id(batch.frame), len(frames))
-            arrays[f"frame{frame}/offset"] = batch.frame.offset
-            arrays[f"frame{frame}/factor"] = batch.frame.factor
-        meta.append({"name": name, "kind": "points", "y": batch.y is not None, "frame": frame})
-    return arrays, meta
-
-
-def decode_kept(arrays: Mapping[str, np.ndarray], meta: list[dict]) -> dict[str, Points | Stats]:
-    frames: dict[int, Frame] = {}
-    out: dict[str, Points | Stats] = {}
-    for i, item in enumerate(meta):
-        p = f"k{i}/"
-        if item["kind"] == "dataclass":
-            out[item["name"]] = decode_dataclass(item, p, arrays)
-            continue
-        if item["kind"] == "stats":
-            keys = arrays[p + "prov_keys"]
-            counts = arrays[p + "prov_counts"]
-            prov = {(int(k[0]), int(k[1])): counts[j] for j, k in enumerate(keys)}
-            out[item["name"]] = Stats(
-                arrays[p + "count"], arrays[p + "mean"], arrays[p + "factor"], prov
-            )
-            continue
-        frame = None
-        if item["frame"] is not None:
-            j = int(item["frame"])
-            if j not in frames:
-                frames[j] = Frame(arrays[f"frame{j}/offset"], arrays[f"frame{j}/factor"])
-            frame = frames[j]
-        out[item["name"]] = Points(
-            arrays[p + "X"],
-            arrays[p + "source"],
-            arrays[p + "origin"],
-            arrays[p + "y"] if item["y"] else None,
-            frame,
-        )
-    return out
-
-
-def encode_dataclass(batch: Any, prefix: str, arrays: dict[str, np.ndarray]) -> dict:
-    """A batch type of madloop's own (a dataclass of arrays, None and provenance-like dicts with
-    integer-tuple keys) -> arrays under ``prefix`` and a JSON description."""
-    cls = type(batch)
-    if not dataclasses.is_dataclass(batch) or not cls.__module__.startswith("madloop."):
-        raise CheckpointError(f"cannot checkpoint a kept batch of type {cls.__qualname__}")
-    fields = {}
-    for f in dataclasses.fields(batch):
-        value = getattr(batch, f.name)
-        if value is None:
-            fields[f.name] = "none"
-        elif isinstance(value, dict):
-            keys = sorted(value)
-            width = len(keys[0]) if keys else 0
-            arrays[f"{prefix}{f.name}/keys"] = np.asarray(keys, dtype=np.int64).reshape(-1, width)
-            arrays[f"{prefix}{f.name}/values"] = np.asarray([np.asarray(value[k]) for k in keys])
-            fields[f.name] = "dict"
-        else:
-            arrays[prefix + f.name] = np.asarray(value)
-            fields[f.name] = "array"
-    return {"kind": "dataclass", "type": f"{cls.__module__}:{cls.__qualname__}", "fields": fields}
-
-
-def decode_dataclass(item: Mapping[str, Any], prefix: str, arrays: Mapping) -> Any:
-    """The inverse of :func:`encode_dataclass`; only dataclasses of madloop's own modules."""
-    module, _, qualname = str(item["type"]).partition(":")
-    if not module.startswith("madloop.") or "." in qualname:
-        raise CheckpointError(f"kept batch type {item['type']!r} is not one of madloop's")
-    cls = getattr(importlib.import_module(module), qualname, None)
-    if cls is None or not dataclasses.is_dataclass(cls):
-        raise CheckpointError(f"kept batch type {item['type']!r} is not one of madloop's")
-    kwargs: dict[str, Any] = {}
-    for name, kind in item["fields"].items():
-        if kind == "none":
-            kwargs[name] = None
-        elif kind == "dict":
-            keys, values = arrays[f"{prefix}{name}/keys"], arrays[f"{prefix}{name}/values"]
-            kwargs[name] = {tuple(int(x) for x in k): values[i] for i, k in enumerate(keys)}
-        else:
-            kwargs[name] = arrays[prefix + name]
-    return cls(**kwargs)
-
-
+# -- records --------------------------------------------------------------------------------------
 def encode_record(rec: GenerationRecord) -> dict[str, np.ndarray]:
     names = list(rec.metrics)
     keys = sorted(rec.provenance)
+    width = 2 + len(rec.provenance_columns)
     arrays = {
         "generation": np.asarray(rec.generation),
+        "arm": np.asarray(rec.arm),
+        "provenance_columns": np.asarray(rec.provenance_columns, dtype=str),
         "metric_names": np.asarray(names, dtype=str),
-        "prov_keys": np.asarray(keys, dtype=np.int64).reshape(len(keys), 2),
+        "prov_keys": np.asarray(keys, dtype=np.int64).reshape(len(keys), width),
         "train_size": np.asarray(rec.train_size),
         "failed_replicates": np.asarray(sorted(rec.failures), dtype=np.int64),
         "failed_reasons": np.asarray([rec.failures[r] for r in sorted(rec.failures)], dtype=str),
@@ -261,14 +166,32 @@ def encode_record(rec: GenerationRecord) -> dict[str, np.ndarray]:
 
 def decode_record(a: Mapping[str, np.ndarray]) -> GenerationRecord:
     names = [str(n) for n in a["metric_names"]]
-    keys = [(int(k[0]), int(k[1])) for k in a["prov_keys"]]
+    keys = [tuple(int(x) for x in k) for k in a["prov_keys"]]
     return GenerationRecord(
         int(a["generation"]),
         {name: a[f"metric{i}"] for i, name in enumerate(names)},
         {k: a[f"prov{i}"] for i, k in enumerate(keys)},
         a["train_size"],
         {int(r): str(w) for r, w in zip(a["failed_replicates"], a["failed_reasons"], strict=True)},
+        arm=str(a["arm"]),
+        provenance_columns=tuple(str(c) for c in a["provenance_columns"]),
     )
+
+
+def encode_records(records: list[GenerationRecord]) -> dict[str, np.ndarray]:
+    """One generation's records (one per label) in one file."""
+    out = {"count": np.asarray(len(records))}
+    for i, rec in enumerate(records):
+        out |= {f"rec{i}/{k}": v for k, v in encode_record(rec).items()}
+    return out
+
+
+def decode_records(a: Mapping[str, np.ndarray]) -> list[GenerationRecord]:
+    out = []
+    for i in range(int(a["count"])):
+        p = f"rec{i}/"
+        out.append(decode_record({k[len(p) :]: v for k, v in a.items() if k.startswith(p)}))
+    return out
 
 
 # -- one arm's checkpoints ----------------------------------------------------------------------
@@ -320,27 +243,29 @@ class ArmCheckpoints:
         self._record_sha: dict[str, str] = {}
 
     # -- writing --------------------------------------------------------------------------------
-    def save_record(self, rec: GenerationRecord) -> None:
-        """Write one generation's record (call for every generation, checkpointed or not)."""
+    def save_records(self, records: list[GenerationRecord]) -> None:
+        """Write one generation's records, one per label of the engine (call for every
+        generation, checkpointed or not)."""
         self.records_dir.mkdir(parents=True, exist_ok=True)
-        name = f"gen{rec.generation:06d}.npz"
-        data = npz_bytes(encode_record(rec))
+        name = f"gen{records[0].generation:06d}.npz"
+        data = npz_bytes(encode_records(records))
         _write(self.records_dir / name, data, fsync=self.fsync)
         self._record_sha[name] = sha256(data)
 
-    def save(self, loop: Loop, *, finished: bool = False) -> Path:
-        """Checkpoint ``loop`` after its current generation (its record must be saved already)."""
-        t = loop.generation
+    def save_record(self, rec: GenerationRecord) -> None:
+        """:meth:`save_records` for an engine with one label."""
+        self.save_records([rec])
+
+    def save(self, engine: Engine, *, finished: bool = False) -> Path:
+        """Checkpoint ``engine`` after its current generation (its records must be saved
+        already): its ``get_state()``, one ``<group>.npz`` per ``group/`` prefix of the names."""
+        t = engine.generation
         final = self.dir / f"gen{t:06d}"
         if final.exists():  # a stale or corrupt copy: never mix old and new files
             shutil.rmtree(final)
         final.mkdir(parents=True)
         files: dict[str, str] = {}
-        kept_arrays, kept_meta = encode_kept(loop.kept)
-        parts = {"model.npz": loop.model.get_state(), "kept.npz": kept_arrays}
-        if hasattr(loop.real, "get_state"):
-            parts["source.npz"] = loop.real.get_state()
-        for fname, arrays in parts.items():
+        for fname, arrays in split_state(engine.get_state()).items():
             data = npz_bytes(arrays)
             _write(final / fname, data, fsync=self.fsync)
             files[fname] = sha256(data)
@@ -353,15 +278,8 @@ class ArmCheckpoints:
             "arm": self.arm,
             "generation": t,
             "finished": finished,
-            "loop": {
-                "generation": t,
-                "failed": {str(r): [g, why] for r, (g, why) in sorted(loop.failed.items())},
-                "stopped": loop.stopped,
-                "metric_names": loop._metric_names,
-            },
-            "kept": kept_meta,
             "config": self.config,
-            "rng": "generation t draws from SeedSequence(seed, spawn_key=(stream, t)); "
+            "rng": "generation t draws from SeedSequence(seed, spawn_key=(stream, t, ...)); "
             "no generator state is carried between generations",
             "files": files,
             "records": {r: self._record_sha[r] for r in records},
@@ -421,8 +339,8 @@ class ArmCheckpoints:
             blobs["records/" + name] = self._read_verified(self.records_dir / name, h)
         return index, blobs
 
-    def restore(self, loop: Loop) -> Restored | None:
-        """Restore ``loop`` from the newest intact checkpoint; None when there is none (the arm
+    def restore(self, engine: Engine) -> Restored | None:
+        """Restore ``engine`` from the newest intact checkpoint; None when there is none (the arm
         starts from generation 0). Each checkpoint skipped is reported through ``log``."""
         candidates = self._generation_dirs()
         for i, gen_dir in enumerate(candidates):
@@ -458,28 +376,30 @@ class ArmCheckpoints:
                     f"versions ({changed}); the resumed numbers may differ from an "
                     "uninterrupted run's"
                 )
-            self._apply(loop, index, blobs)
+            state: dict[str, np.ndarray] = {}
+            for fname in index["files"]:
+                stem = fname.removesuffix(".npz")
+                state |= {f"{stem}/{k}": v for k, v in load_npz(blobs[fname]).items()}
+            engine.set_state(state)
             records = [
-                decode_record(load_npz(blobs["records/" + name]))
+                rec
                 for name in sorted(index["records"])
+                for rec in decode_records(load_npz(blobs["records/" + name]))
             ]
             self._record_sha = dict(index["records"])
             return Restored(index["generation"], records, bool(index["finished"]))
         return None
 
-    @staticmethod
-    def _apply(loop: Loop, index: dict, blobs: dict[str, bytes]) -> None:
-        state = load_npz(blobs["model.npz"])
-        if state:
-            loop.model.set_state(state)
-        loop.kept = decode_kept(load_npz(blobs["kept.npz"]), index["kept"])
-        if "source.npz" in blobs and hasattr(loop.real, "set_state"):
-            loop.real.set_state(load_npz(blobs["source.npz"]))
-        info = index["loop"]
-        loop.generation = int(info["generation"])
-        loop.failed = {int(r): (int(g), str(w)) for r, (g, w) in info["failed"].items()}
-        loop.stopped = info["stopped"]
-        loop._metric_names = list(info["metric_names"])
+
+def split_state(state: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """An engine's state by file: ``group/key`` -> ``{group}.npz`` holding ``key``."""
+    files: dict[str, dict[str, Any]] = {}
+    for name, value in state.items():
+        grp, sep, key = name.partition("/")
+        if not sep or not _GROUP.match(grp):
+            raise ValueError(f"engine state names are 'group/key' (group [a-z0-9_]), got {name!r}")
+        files.setdefault(f"{grp}.npz", {})[key] = value
+    return files
 
 
 def run_has_checkpoints(out: Path) -> bool:

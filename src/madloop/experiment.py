@@ -18,60 +18,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from madloop.config import Arm, ConfigError, ExperimentConfig, make_regime, parse
-from madloop.data import build_source
-from madloop.loop import GenerationRecord, Loop
-from madloop.models.base import build_model
-from madloop.regimes import REGIMES
+from madloop.engines import build_engine, real_source
+from madloop.galleries import gallery_generations, write_gallery
+from madloop.loop import Engine, GenerationRecord
 from madloop.storage import write_atomic, write_json, write_parquet
 from madloop.storage.environment import git_commit, versions
 from madloop.tables import long_table, provenance_table, summarize
 from madloop.theory import predictions_frame
 
+
 # -- running --------------------------------------------------------------------------------------
-DATA_STREAM = 0  # the seed-tree branch for the real data's own randomness (e.g. a random Σ_0)
-
-
-def build_loop(arm: Arm) -> Loop:
-    cfg = arm.config
-    real = real_source(cfg)
-    model = build_model(cfg.model, replicates=cfg.replicates, real=real)
-    return Loop(
-        make_regime(cfg.loop),
-        model,
-        real,
-        bias=cfg.sampling.bias,
-        replicates=cfg.replicates,
-        exact=getattr(cfg.model, "mode", "sample") == "exact",
-        seed=cfg.seed,
-        stream=arm.stream,
-    )
-
-
-GALLERY_SIZE = 256
-
-
-def gallery_generations(generations: int) -> set[int]:
-    """Generations that get a sample gallery: 1, the last, and a roughly log-spaced few."""
-    marks = {2, 3, 5, 7, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000}
-    return {1, generations} | {g for g in marks if g < generations}
-
-
-def write_gallery(loop: Loop, out: Path, arm: str) -> list[Path]:
-    """Samples of the current generation, rendered by the real source when it knows how
-    (``render_samples(points, path_stem) -> list[Path]``; image grid, 2-D scatter, text...).
-    Files land in ``plots/samples/{arm}_gen{t:03d}.*``."""
-    render = getattr(loop.real, "render_samples", None)
-    if render is None:
-        return []
-    stem = out / "plots" / "samples" / f"{arm}_gen{loop.generation:03d}"
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    return render(loop.gallery(GALLERY_SIZE), stem)
-
-
 @dataclass
 class RunResult:
     """The tables of a run. ``metrics``: long table (arm, generation, replicate, metric, value);
@@ -85,26 +44,13 @@ class RunResult:
     out: Path | None = None
 
 
-def real_source(cfg: ExperimentConfig) -> Any:
-    """An arm's real data, from its own branch of the seed tree (``DATA_STREAM``)."""
-    seed = np.random.SeedSequence(cfg.seed, spawn_key=(DATA_STREAM,))
-    return build_source(cfg.data, rng=np.random.default_rng(seed))
-
-
 def theory_frame(arms: list[Arm]) -> pd.DataFrame:
-    """Closed-form expectations per arm, generation and metric, from every registered predictor
-    that applies (:mod:`madloop.theory`)."""
-    frames = []
-    plain = []
-    for arm in arms:
-        own = getattr(REGIMES[arm.config.loop.regime], "theory_frame", None)  # web-pool lineages
-        if own is not None:
-            frames.append(own(arm))
-        else:
-            cfg = arm.config
-            plain.append((arm.name, cfg, lambda c=cfg: real_source(c), make_regime(cfg.loop)))
-    frames.append(predictions_frame(plain))
-    return pd.concat([f for f in frames if not f.empty] or frames[-1:], ignore_index=True)
+    """Closed-form expectations per arm (label), generation and metric, from every registered
+    predictor that applies (:mod:`madloop.theory`; the web pool registers its own)."""
+    return predictions_frame(
+        (arm.name, arm.config, lambda c=arm.config: real_source(c), make_regime(arm.config.loop))
+        for arm in arms
+    )
 
 
 Progress = Callable[[str, int, int], None]  # (arm, generation, generations)
@@ -148,15 +94,7 @@ def run(
         problems.append(f"--checkpoint-every: must be >= 1, got {checkpoint_every}")
     if problems:
         raise ConfigError(problems)
-    engine = next(
-        (r for a in arms if (r := getattr(REGIMES[a.config.loop.regime], "run_experiment", None))),
-        None,
-    )
     log = log or (lambda msg: None)
-    if engine is not None:  # a regime with its own engine (web-pool: lineages sharing a pool)
-        if resume:
-            log("this regime runs on its own engine, which is not checkpointed: running it whole")
-        return engine(base, arms, out=out, progress=progress, plots=plots)
     started = time.time()
     out = Path(out) if out is not None else None
     if out is not None and resume is False and run_has_checkpoints(out):
@@ -198,21 +136,32 @@ def _run_arms(
     frames, prov, timings, modes, resumed, failures = [], [], {}, {}, {}, []
     for arm in arms:
         t0 = time.perf_counter()
-        loop, records, start = _run_arm(
+        engine, records, start = _run_arm(
             arm, out, resume, keep_checkpoints, checkpoint_every, progress, log
         )
-        modes[arm.name] = "exact" if loop.exact else "sample"
+        modes[arm.name] = "exact" if engine.exact else "sample"
         if resume:
             resumed[arm.name] = start
-        for r, (g, why) in sorted(loop.failed.items()):
-            failures.append({"arm": arm.name, "generation": g, "replicate": r, "reason": why})
-        frames.append(long_table(arm.name, records))
-        prov.append(provenance_table(arm.name, records))
+        sources = getattr(engine, "source_names", None)  # the pool names its lineages
+        for label in engine.labels:
+            recs = [rec for rec in records if rec.arm == label]
+            failures += _failures(label, recs)
+            frames.append(long_table(label, recs))
+            prov.append(provenance_table(label, recs, sources))
         timings[arm.name] = round(time.perf_counter() - t0, 4)
     extra: dict[str, Any] = {"failures": failures}
     if resume:
         extra["resumed_from"] = resumed
     return assemble_result(base, arms, frames, prov, modes, timings, started, extra)
+
+
+def _failures(label: str, records: list[GenerationRecord]) -> list[dict[str, Any]]:
+    """The manifest's lines for the chains of one label that stopped, by replicate."""
+    stops = [(r, rec.generation, why) for rec in records for r, why in rec.failures.items()]
+    return [
+        {"arm": label, "generation": g, "replicate": r, "reason": why}
+        for r, g, why in sorted(stops, key=lambda s: s[0])
+    ]
 
 
 def assemble_result(
@@ -253,13 +202,14 @@ def _run_arm(
     every: int,
     progress: Progress | None,
     log: Log,
-) -> tuple[Loop, list[GenerationRecord], int]:
-    """One arm: restore it from its checkpoints if asked, run what is left, checkpoint it."""
-    from madloop.checkpoint import ArmCheckpoints, CheckpointError
+) -> tuple[Engine, list[GenerationRecord], int]:
+    """One arm, on the engine its regime names: restore it from its checkpoints if asked, run
+    what is left, checkpoint it every ``every`` generations and write its galleries."""
+    from madloop.checkpoint import ArmCheckpoints
 
-    loop = build_loop(arm)
-    if out is not None and hasattr(loop.real, "cache_dir"):
-        loop.real.cache_dir = out / "cache"  # e.g. the image metrics' feature network
+    engine = build_engine(arm)
+    if out is not None and hasattr(engine.real, "cache_dir"):
+        engine.real.cache_dir = out / "cache"  # e.g. the image metrics' feature network
     T = arm.config.generations
     records: list[GenerationRecord] = []
     ckpt = None
@@ -272,52 +222,70 @@ def _run_arm(
             log=log,
             extra={"versions": versions()},
         )
-    if ckpt is not None and not hasattr(loop.model, "get_state"):
+    if ckpt is not None and not engine.checkpointable:
         log(
             f"arm '{arm.name}': family '{arm.config.model.family}' has no get_state(); "
             "not checkpointed"
         )
         ckpt = None
     if ckpt is not None and resume:
-        try:
-            restored = ckpt.restore(loop)
-        except CheckpointError as err:
-            raise ConfigError([f"--resume: {err}"]) from None
-        if restored is not None:
-            if restored.generation > T:
-                raise ConfigError(
-                    [
-                        f"generations: arm '{arm.name}' is already at generation "
-                        f"{restored.generation}; ask for >= {restored.generation} or use a new "
-                        "--out"
-                    ]
-                )
-            records = restored.records
-            done = restored.generation >= T or loop.stopped is not None
-            log(
-                f"arm '{arm.name}': finished at generation {restored.generation}; not recomputed"
-                if done
-                else f"arm '{arm.name}': resuming after generation {restored.generation}"
-            )
-            if progress is not None:
-                for rec in records:
-                    progress(arm.name, rec.generation, T)
-    start = loop.generation
-    for rec in loop.run(T):
-        records.append(rec)
-        for r, why in rec.failures.items():
-            log(f"arm '{arm.name}': chain {r} stopped at generation {rec.generation}: {why}")
-        if out is not None and rec.generation in gallery_generations(T):
-            if loop.stopped is None:
-                write_gallery(loop, out, arm.name)
+        records = _restore(arm, engine, ckpt, progress, log)
+    start = engine.generation
+    while engine.generation < T and engine.stopped is None:
+        recs = engine.step()
+        t = engine.generation
+        records += recs
+        for rec in recs:
+            for r, why in rec.failures.items():
+                log(f"arm '{rec.arm}': chain {r} stopped at generation {t}: {why}")
+        if out is not None and t in gallery_generations(T):
+            write_gallery(engine, out)
         if ckpt is not None:
-            ckpt.save_record(rec)
-            last = rec.generation >= T or loop.stopped is not None
-            if last or rec.generation % every == 0:
-                ckpt.save(loop, finished=last)
+            ckpt.save_records(recs)
+            last = t >= T or engine.stopped is not None
+            if last or t % every == 0:
+                ckpt.save(engine, finished=last)
         if progress is not None:
-            progress(arm.name, rec.generation, T)
-    return loop, records, start
+            progress(arm.name, t, T)
+    return engine, records, start
+
+
+def _restore(
+    arm: Arm, engine: Engine, ckpt: Any, progress: Progress | None, log: Log
+) -> list[GenerationRecord]:
+    """Restore ``engine`` from its newest intact checkpoint; the records so far (none without
+    one). Says per arm (and per label, for an engine of several) where it goes on."""
+    from madloop.checkpoint import CheckpointError
+
+    T = arm.config.generations
+    try:
+        restored = ckpt.restore(engine)
+    except CheckpointError as err:
+        raise ConfigError([f"--resume: {err}"]) from None
+    if restored is None:
+        return []
+    g = restored.generation
+    if g > T:
+        raise ConfigError(
+            [
+                f"generations: arm '{arm.name}' is already at generation {g}; ask for >= {g} "
+                "or use a new --out"
+            ]
+        )
+    done = g >= T or engine.stopped is not None
+    log(
+        f"arm '{arm.name}': finished at generation {g}; not recomputed"
+        if done
+        else f"arm '{arm.name}': resuming after generation {g}"
+    )
+    if len(engine.labels) > 1:
+        for label in engine.labels:
+            last = max((r.generation for r in restored.records if r.arm == label), default=0)
+            log(f"arm '{arm.name}': {label} restored at generation {last}")
+    if progress is not None:
+        for t in sorted({rec.generation for rec in restored.records}):
+            progress(arm.name, t, T)
+    return restored.records
 
 
 def write_run(result: RunResult, out: Path, *, plots: bool = True) -> None:

@@ -13,15 +13,24 @@ and after a resume, and adding a metric never changes a trajectory.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from madloop.capabilities import Checkpointable, exact_capable
 from madloop.metrics import evaluate
 from madloop.models.base import FitFailed
 from madloop.regimes import Draw, Kept, Regime
+from madloop.state import (
+    decode_batches,
+    decode_failed,
+    encode_batches,
+    encode_failed,
+    group,
+    prefixed,
+)
 from madloop.types import REAL, SYNTHETIC, Points, Stats
 
 Batch = Points | Stats
@@ -29,13 +38,68 @@ Batch = Points | Stats
 
 @dataclass
 class GenerationRecord:
-    """What one generation produced, for R replicate chains."""
+    """What one generation produced for one label of an engine (an arm, or a pool lineage's
+    ``"<arm>:<lineage>"``), for R replicate chains.
+
+    ``provenance`` maps (source, origin generation, *extra) -> counts (R,), the extra key parts
+    named by ``provenance_columns`` (the web pool adds ``published``: when a cohort entered it).
+    """
 
     generation: int
     metrics: dict[str, np.ndarray]  # name -> (R,)
-    provenance: dict[tuple[int, int], np.ndarray]  # (source, origin generation) -> counts (R,)
+    provenance: dict[tuple[int, ...], np.ndarray]  # (source, origin generation, ...) -> (R,)
     train_size: np.ndarray  # (R,)
     failures: dict[int, str] = field(default_factory=dict)  # replicate -> why it stopped here
+    arm: str = "base"
+    provenance_columns: tuple[str, ...] = ()
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What runs the generations of one arm: :class:`Loop`, or the web pool's lineages
+    (:class:`madloop.pool.PoolLoop`). Experiments, checkpoints and resume see only this.
+
+    A chain is one replicate of one label; a stopped chain reports NaN from its failure on and
+    the others go on. ``get_state`` returns everything needed to resume after the current
+    generation as arrays named ``group/key`` (each group becomes one ``.npz`` file), and
+    ``set_state`` on a freshly built engine of the same config restores it bit for bit.
+    """
+
+    generation: int
+    exact: bool
+    real: Any  # the real source (its cache directory and renderer are set by the experiment)
+
+    @property
+    def labels(self) -> list[str]:
+        """The arm labels its records carry, in reporting order."""
+        ...
+
+    @property
+    def failed(self) -> Mapping[Any, tuple[int, str]]:
+        """Stopped chains -> (generation, reason)."""
+        ...
+
+    @property
+    def stopped(self) -> str | None:
+        """Why every chain stopped, if they did (then :meth:`step` is not called again)."""
+        ...
+
+    @property
+    def checkpointable(self) -> bool:
+        """Whether :meth:`get_state` can be called (every model implements ``get_state``)."""
+        ...
+
+    def step(self) -> list[GenerationRecord]: ...
+
+    def run(self, generations: int) -> Iterator[GenerationRecord]: ...
+
+    def get_state(self) -> dict[str, np.ndarray]: ...
+
+    def set_state(self, state: Mapping[str, np.ndarray]) -> None: ...
+
+    def galleries(self, n: int) -> dict[str, Points]:
+        """n samples per label whose chains still run, from their own seed streams."""
+        ...
 
 
 def generation_seed(seed: int, stream: int, generation: int) -> np.random.SeedSequence:
@@ -70,6 +134,8 @@ class Loop:
         Use sufficient statistics when the model, the source and the regime all support it.
     seed, stream : int
         Root seed and this chain's stream (the arm) in the seed tree.
+    label : str
+        The arm name its records carry.
     """
 
     def __init__(
@@ -83,6 +149,7 @@ class Loop:
         exact: bool = False,
         seed: int = 0,
         stream: int = 0,
+        label: str = "base",
     ) -> None:
         self.regime = regime
         self.model = model
@@ -91,25 +158,31 @@ class Loop:
         self.replicates = replicates
         self.seed = seed
         self.stream = stream
-        self.exact = exact and self.exact_supported(regime, model, real)
+        self.exact = exact and exact_capable(regime, model, real)
         self.generation = 0
+        self.label = label
         self.kept: dict[str, Batch] = {}
-        #: replicate -> (generation, reason) for chains whose training diverged; they stop
-        self.failed: dict[int, tuple[int, str]] = {}
-        self.stopped: str | None = None  # why every chain stopped, if they did
-        self._metric_names: list[str] = []
+        self.chains = Chains(replicates)
 
-    @staticmethod
-    def exact_supported(regime: Regime, model: Any, real: Any) -> bool:
-        return (
-            regime.exact
-            and hasattr(model, "sample_stats")
-            and hasattr(model, "fit_stats")
-            and hasattr(real, "sample_stats")
-        )
+    @property
+    def labels(self) -> list[str]:
+        return [self.label]
+
+    @property
+    def failed(self) -> dict[int, tuple[int, str]]:
+        """replicate -> (generation, reason) for chains whose training diverged; they stop."""
+        return self.chains.failed
+
+    @property
+    def stopped(self) -> str | None:
+        return self.chains.stopped
+
+    @property
+    def checkpointable(self) -> bool:
+        return isinstance(self.model, Checkpointable)
 
     # -- one generation -------------------------------------------------------------------------
-    def step(self) -> GenerationRecord:
+    def step(self) -> list[GenerationRecord]:
         t = self.generation + 1
         draw_rng = np.random.default_rng(child_seed(self.seed, self.stream, t, DRAW))
         comp = self.regime.compose(t)
@@ -120,7 +193,7 @@ class Loop:
         for name, parts in comp.keep.items():
             self.kept[name] = self._unite(parts, drawn, draw_rng, t)
 
-        failures: dict[int, str] = {}
+        raised: dict[int, str] = {}
         try:
             if self.exact:
                 self.model.fit_stats(train)
@@ -128,61 +201,47 @@ class Loop:
                 fit_rng = np.random.default_rng(child_seed(self.seed, self.stream, t, FIT))
                 self.model.fit_points(train, rng=fit_rng)
         except FitFailed as err:
-            for r in range(self.replicates) if err.replicates is None else err.replicates:
-                failures[r] = err.reason_for(r)
+            raised = fit_failures(err, self.replicates)
         if self.exact:
             provenance, size = train.provenance, train.count
         else:
             provenance = train.provenance_counts()
             size = np.full(train.replicates, train.size)
         self.generation = t
-        failures.update(self._check_state(failures))
-        failures = {r: why for r, why in sorted(failures.items()) if r not in self.failed}
-        for r, why in failures.items():
-            self.failed[r] = (t, why)
-        if len(self.failed) == self.replicates:
-            self.stopped = f"every chain stopped (last at generation {t})"
-            nan = np.full(self.replicates, np.nan)
-            metrics = {name: nan.copy() for name in self._metric_names}
-        else:
+        failures = self.chains.settle(self.model, raised, t)
+
+        def measure() -> dict[str, np.ndarray]:
             metric_rng = np.random.default_rng(child_seed(self.seed, self.stream, t, METRIC))
-            metrics = evaluate(self.model, self.real, rng=metric_rng, generation=t, bias=self.bias)
-            self._metric_names = list(metrics)
-            if self.failed:  # a stopped chain reports NaN from its failure on
-                dead = sorted(self.failed)
-                metrics = {k: _masked(v, dead) for k, v in metrics.items()}
-        return GenerationRecord(t, metrics, provenance, np.asarray(size), failures)
+            return evaluate(self.model, self.real, rng=metric_rng, generation=t, bias=self.bias)
 
-    # -- diverged training ----------------------------------------------------------------------
-    def _check_state(self, raised: dict[int, str]) -> dict[int, str]:
-        """Chains whose fitted state is not finite, and keep failed chains computable.
+        metrics = self.chains.measure(measure)
+        return [GenerationRecord(t, metrics, provenance, np.asarray(size), failures, self.label)]
 
-        The state layout follows the checkpoint contract: arrays with a leading replicate axis R
-        (vectorised families) or keys ``r{i}/...`` (:class:`PerReplicate`) belong to one chain;
-        any other array belongs to all of them. A failed chain's arrays are overwritten with a
-        healthy chain's, so the batch stays finite for the others' sake (its own numbers are
-        masked as NaN from then on); a non-finite shared array stops every chain.
-        """
-        R = self.replicates
-        if not hasattr(self.model, "get_state"):  # outside the checkpoint contract: only FitFailed
-            return {}
-        state = self.model.get_state()
-        bad: dict[int, str] = {}
-        for key, arr in state.items():
-            arr = np.asarray(arr)
-            if not np.issubdtype(arr.dtype, np.number) or np.isfinite(arr).all():
-                continue
-            r = _replicate_of(key, arr, R)
-            if r is None:
-                why = f"non-finite fitted state '{key}' (shared by all chains)"
-                return dict.fromkeys(range(R), why)
-            for i in r:
-                bad.setdefault(i, f"non-finite fitted state '{key}'")
-        dead = set(self.failed) | set(raised) | set(bad)
-        healthy = [i for i in range(R) if i not in dead]
-        if dead and healthy:
-            self.model.set_state(_patched(state, R, sorted(dead), healthy[0]))
-        return bad
+    # -- resuming -------------------------------------------------------------------------------
+    def get_state(self) -> dict[str, np.ndarray]:
+        """Groups ``model`` (the family's ``get_state()``), ``kept``, ``source`` (the real
+        source's state, when it has one) and ``loop`` (counters and stopped chains)."""
+        state = prefixed("model", self.model.get_state())
+        state |= prefixed("kept", encode_batches(self.kept))
+        if hasattr(self.real, "get_state"):
+            state |= prefixed("source", self.real.get_state())
+        counters = {"generation": np.asarray(self.generation), **self.chains.get_state()}
+        return state | prefixed("loop", counters)
+
+    def set_state(self, state: Mapping[str, np.ndarray]) -> None:
+        model = group(state, "model")
+        if model:
+            self.model.set_state(model)
+        self.kept = decode_batches(group(state, "kept"))
+        source = group(state, "source")
+        if source and hasattr(self.real, "set_state"):
+            self.real.set_state(source)
+        counters = group(state, "loop")
+        self.generation = int(counters["generation"])
+        self.chains.set_state(counters)
+
+    def galleries(self, n: int) -> dict[str, Points]:
+        return {} if self.stopped is not None else {self.label: self.gallery(n)}
 
     def gallery(self, n: int) -> Points:
         """n samples of the current model for a gallery, from their own seed stream (drawing
@@ -195,7 +254,7 @@ class Loop:
 
     def run(self, generations: int) -> Iterator[GenerationRecord]:
         while self.generation < generations and self.stopped is None:
-            yield self.step()
+            yield from self.step()
 
     # -- composing ------------------------------------------------------------------------------
     def _unite(
@@ -236,6 +295,90 @@ class Loop:
 
 
 _REPLICATE_KEY = re.compile(r"^r(\d+)/(.*)$")
+
+
+# -- stopped chains (every engine's one implementation) --------------------------------------------
+def fit_failures(err: FitFailed, replicates: int) -> dict[int, str]:
+    """replicate -> reason for the chains a :class:`FitFailed` names (all when it names none)."""
+    chains = range(replicates) if err.replicates is None else err.replicates
+    return {r: err.reason_for(r) for r in chains}
+
+
+class Chains:
+    """The R replicate chains of one model: which stopped, at which generation and why.
+
+    A chain stops when its fit raises :class:`FitFailed` or leaves its fitted state non-finite;
+    it reports NaN from then on while the others go on, and all stop when every chain has.
+    """
+
+    def __init__(self, replicates: int) -> None:
+        self.replicates = replicates
+        self.failed: dict[int, tuple[int, str]] = {}
+        self.stopped: str | None = None
+        self.metric_names: list[str] = []  # what a generation reports, for the NaN of a stop
+
+    def settle(self, model: Any, raised: Mapping[int, str], generation: int) -> dict[int, str]:
+        """After generation ``generation``'s fit: the chains that stopped there -> reason."""
+        failures = dict(raised)
+        failures.update(check_state(model, self.replicates, set(self.failed) | set(raised)))
+        failures = {r: why for r, why in sorted(failures.items()) if r not in self.failed}
+        for r, why in failures.items():
+            self.failed[r] = (generation, why)
+        if len(self.failed) == self.replicates:
+            self.stopped = f"every chain stopped (last at generation {generation})"
+        return failures
+
+    def measure(self, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """``compute()``'s metrics with the stopped chains' entries NaN (all NaN, without calling
+        it, once every chain stopped)."""
+        if self.stopped is not None:
+            nan = np.full(self.replicates, np.nan)
+            return {name: nan.copy() for name in self.metric_names}
+        metrics = compute()
+        self.metric_names = list(metrics)
+        if self.failed:  # a stopped chain reports NaN from its failure on
+            dead = sorted(self.failed)
+            metrics = {k: _masked(v, dead) for k, v in metrics.items()}
+        return metrics
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        names = {"metric_names": np.asarray(self.metric_names, dtype=str)}
+        return {**encode_failed(self.failed, self.stopped), **names}
+
+    def set_state(self, arrays: Mapping[str, np.ndarray]) -> None:
+        self.failed, self.stopped = decode_failed(arrays)
+        self.metric_names = [str(n) for n in arrays["metric_names"]]
+
+
+def check_state(model: Any, replicates: int, dead: set[int]) -> dict[int, str]:
+    """Chains whose fitted state is not finite, and keep failed chains computable.
+
+    The state layout follows the checkpoint contract: arrays with a leading replicate axis R
+    (vectorised families) or keys ``r{i}/...`` (:class:`PerReplicate`) belong to one chain; any
+    other array belongs to all of them. A failed chain's arrays (``dead``, or found here) are
+    overwritten with a healthy chain's, so the batch stays finite for the others' sake (its own
+    numbers are masked as NaN from then on); a non-finite shared array stops every chain.
+    """
+    R = replicates
+    if not hasattr(model, "get_state"):  # outside the checkpoint contract: only FitFailed
+        return {}
+    state = model.get_state()
+    bad: dict[int, str] = {}
+    for key, arr in state.items():
+        arr = np.asarray(arr)
+        if not np.issubdtype(arr.dtype, np.number) or np.isfinite(arr).all():
+            continue
+        r = _replicate_of(key, arr, R)
+        if r is None:
+            why = f"non-finite fitted state '{key}' (shared by all chains)"
+            return dict.fromkeys(range(R), why)
+        for i in r:
+            bad.setdefault(i, f"non-finite fitted state '{key}'")
+    dead = set(dead) | set(bad)
+    healthy = [i for i in range(R) if i not in dead]
+    if dead and healthy:
+        model.set_state(_patched(state, R, sorted(dead), healthy[0]))
+    return bad
 
 
 def _replicate_of(key: str, arr: np.ndarray, R: int) -> list[int] | None:

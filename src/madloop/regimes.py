@@ -76,6 +76,9 @@ class Regime:
     exact: bool = True
     #: whether the regime draws real points after generation 1
     uses_real_size: bool = True
+    #: what runs it (``madloop.experiment.ENGINES``): ``"loop"``, the single-chain
+    #: :class:`madloop.loop.Loop` that calls :meth:`compose`, or an engine of its own
+    engine: str = "loop"
 
     def __init__(
         self,

@@ -152,16 +152,16 @@ def _event_size(cfg: Any) -> int:
 def estimate_arm(arm: Any, *, keep_checkpoints: int = 2) -> ArmEstimate:
     from madloop.capabilities import exact_mode
     from madloop.config import make_regime
-    from madloop.experiment import gallery_generations
+    from madloop.galleries import gallery_generations
 
     cfg = arm.config
     R, T = cfg.replicates, cfg.generations
     e = _event_size(cfg)
     regime = make_regime(cfg.loop)
-    try:
+    if regime.engine == "loop":
         _, peak, pool = training_sizes(regime, T)
         union, mixing = union_profile(regime, T)
-    except TypeError:  # a regime with an engine of its own (web-pool): no per-chain recipe
+    else:  # a regime with an engine of its own (web-pool): no per-chain recipe
         peak = pool = union = 0
         mixing = True
     exact = exact_mode(cfg.model, regime)

@@ -46,11 +46,13 @@ def provenance_table(
 ) -> pd.DataFrame:
     """Per generation, source and origin: the mean, min and max count over chains. A record's
     ``provenance`` maps (source, origin generation) -> counts (R,); ``sources`` names the source
-    codes (default: real / synthetic)."""
+    codes (default: real / synthetic). Extra key parts after the origin are columns named by
+    the record's ``provenance_columns``."""
     names = SOURCE_NAMES if sources is None else sources
     rows = []
     for rec in records:
-        for (source, origin), counts in sorted(rec.provenance.items()):
+        extra = getattr(rec, "provenance_columns", ())  # e.g. the pool's "published"
+        for (source, origin, *more), counts in sorted(rec.provenance.items()):
             counts = np.asarray(counts)
             rows.append(
                 {
@@ -58,6 +60,7 @@ def provenance_table(
                     "generation": rec.generation,
                     "source": names.get(source, str(source)),
                     "origin_generation": origin,
+                    **dict(zip(extra, more, strict=True)),
                     "count_mean": float(np.mean(counts)),
                     "count_min": int(np.min(counts)),
                     "count_max": int(np.max(counts)),

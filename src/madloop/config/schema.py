@@ -165,7 +165,7 @@ def loop_problems(loop: LoopConfig, model: ModelConfig | None) -> list[str]:
         return problems
     regime = make_regime(loop)
     own = getattr(regime, "config_problems", None)  # a regime's checks that need [model] too
-    if hasattr(regime, "run_experiment"):  # an engine of its own (web-pool) checks its sizes
+    if regime.engine != "loop":  # an engine of its own (web-pool) checks its sizes
         return problems + (own(model) if own is not None else [])
     if synthetic_only and max(sizes(loop.real_size)) != 0:
         return [

@@ -232,7 +232,7 @@ def _applies(config: Any, regime: Regime) -> bool:
     return config.model.family == "categorical" and config.data.source == "categorical"
 
 
-def _predict(config: Any, real: Any, regime: Regime) -> dict[str, np.ndarray]:
+def _predict(arm: str, config: Any, real: Any, regime: Regime) -> dict[str, np.ndarray]:
     return predictions(
         regime,
         config.generations,

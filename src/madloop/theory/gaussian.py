@@ -238,7 +238,7 @@ def _applies(config: Any, regime: Regime) -> bool:
     )
 
 
-def _predict(config: Any, real: Any, regime: Regime) -> dict[str, np.ndarray]:
+def _predict(arm: str, config: Any, real: Any, regime: Regime) -> dict[str, np.ndarray]:
     return predictions(
         regime,
         config.generations,

@@ -16,13 +16,13 @@ THEORY_COLUMNS = ["arm", "generation", "metric", "theory"]
 @dataclass(frozen=True)
 class Predictor:
     """``applies(config, regime)`` says whether the closed form holds for an arm;
-    ``predict(config, real, regime)`` returns {metric: expected value per generation 1..T} or,
-    for engines that report several labels (web-pool lineages), {label: {metric: values}} with
-    ``labels = True``."""
+    ``predict(arm, config, real, regime)`` (``arm`` its name) returns {metric: expected value per
+    generation 1..T} or, for engines that report several labels (web-pool lineages),
+    {label: {metric: values}} with ``labels = True``."""
 
     name: str
     applies: Callable[[Any, Any], bool]
-    predict: Callable[[Any, Any, Any], dict[str, Any]]
+    predict: Callable[[str, Any, Any, Any], dict[str, Any]]
     labels: bool = False
 
 
@@ -43,7 +43,7 @@ def arm_predictions(
         if not predictor.applies(config, regime):
             continue
         source = real() if source is None else source
-        found = predictor.predict(config, source, regime)
+        found = predictor.predict(arm, config, source, regime)
         for label, metrics in (found.items() if predictor.labels else [(arm, found)]):
             out.setdefault(label, {}).update(metrics)
     return out
