@@ -95,7 +95,7 @@ def main() -> None:
     # the theory's boundaries on a fine adoption grid
     from madloop.experiment import parse
     from madloop.pool import phase_boundary
-    from madloop.report.pool_phase import plot_pool_phase
+    from madloop.report.phase import plot_pool_phase
     from madloop.theory_pool import critical_tpr
 
     base = {k: v for k, v in raw.items() if k != "sweep"}

@@ -15,7 +15,7 @@ import pytest
 
 from madloop.experiment import parse, run
 from madloop.pool import phase_boundary
-from madloop.report.pool_phase import plot_pool_phase
+from madloop.report.phase import plot_pool_phase
 
 ROOT = Path(__file__).resolve().parents[1]
 PHASE = ROOT / "examples" / "web-pool-phase.toml"
