@@ -41,11 +41,11 @@ def main() -> None:
     try:
         counter = iter(range(10**6))
         for name, cfg in CASES.items():
-            plain = best(lambda cfg=cfg: run(cfg, plots=False))
-            every = best(lambda cfg=cfg: run(cfg, out=tmp / f"{next(counter)}", plots=False))
+            plain = best(lambda cfg=cfg: run(cfg))
+            every = best(lambda cfg=cfg: run(cfg, out=tmp / f"{next(counter)}"))
             tenth = best(
                 lambda cfg=cfg: run(
-                    cfg, out=tmp / f"{next(counter)}", plots=False, checkpoint_every=10
+                    cfg, out=tmp / f"{next(counter)}", checkpoint_every=10
                 )
             )
             _, arms = parse(cfg)

@@ -64,7 +64,7 @@ def run_task(task: dict) -> tuple[pd.DataFrame, float]:
     from madloop.experiment import run
 
     t0 = time.perf_counter()
-    res = run(task["config"], plots=False)
+    res = run(task["config"])
     m = res.metrics
     last = m[m.generation == m.generation.max()].copy()
     for k, v in task["coords"].items():
@@ -95,7 +95,7 @@ def main() -> None:
     # the theory's boundaries on a fine adoption grid
     from madloop.config import parse
     from madloop.pool import phase_boundary
-    from madloop.report.pool_phase import plot_pool_phase
+    from madloop.report.phase import plot_pool_phase
     from madloop.theory.pool import critical_tpr
 
     base = {k: v for k, v in raw.items() if k != "sweep"}

@@ -129,6 +129,6 @@ def test_corpus_distribution_from_shakespeare_words():
             "model": {"family": "categorical"},
         }
     )
-    result = run({**cfg.to_dict(), "generations": 2, "replicates": 2}, plots=False)
+    result = run({**cfg.to_dict(), "generations": 2, "replicates": 2})
     support = result.metrics.query("metric == 'support_size'")["value"]
     assert support.max() <= 300 and support.min() > 10

@@ -74,7 +74,7 @@ def test_loop_writes_text_excerpts(tmp_path):
         },
         "loop": {"regime": "fully-synthetic", "synthetic_size": 64},
     }
-    result = run(cfg, out=tmp_path / "run", plots=False)
+    result = run(cfg, out=tmp_path / "run")
     assert {"perplexity", "tail_mass", "distinct_2"} <= set(result.metrics["metric"])
     assert np.isfinite(result.metrics["value"]).all()
     assert (tmp_path / "run" / "plots" / "samples" / "base_gen002.txt").read_text().strip()

@@ -147,7 +147,7 @@ def test_sigkill_mid_loop_then_resume_is_bit_exact(tmp_path: Path) -> None:
     assert "arm 'fresh': resuming after generation" in err
     assert base_index.stat().st_mtime_ns == base_mtime  # the finished arm was not recomputed
 
-    run(str(cfg), out=ref, plots=False)  # uninterrupted
+    run(str(cfg), out=ref)  # uninterrupted
     got = pd.read_parquet(killed / "metrics.parquet")
     want = pd.read_parquet(ref / "metrics.parquet")
     assert len(got) == 2 * 40 * 8 * 5
@@ -158,12 +158,12 @@ def test_sigkill_mid_loop_then_resume_is_bit_exact(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> pd.DataFrame:
-    return run(tiny_cfg(), plots=False).metrics
+    return run(tiny_cfg()).metrics
 
 
 def _crashed_run(out: Path, arm: str = "sub x+y", at: int = 8, keep: int = 3) -> None:
     with pytest.raises(Crash):
-        run(tiny_cfg(), out=out, plots=False, progress=crash_at(arm, at), keep_checkpoints=keep)
+        run(tiny_cfg(), out=out, progress=crash_at(arm, at), keep_checkpoints=keep)
 
 
 def _arm_dir(out: Path, arm: str) -> Path:
@@ -174,7 +174,7 @@ def _arm_dir(out: Path, arm: str) -> Path:
 def test_crash_in_each_arm_resumes_bit_exact(tmp_path, reference, arm) -> None:
     _crashed_run(tmp_path, arm=arm, at=5)
     notes: list[str] = []
-    res = run(tiny_cfg(), out=tmp_path, plots=False, resume=True, log=notes.append)
+    res = run(tiny_cfg(), out=tmp_path, resume=True, log=notes.append)
     pd.testing.assert_frame_equal(res.metrics, reference, check_exact=True)
     assert f"arm '{arm}': resuming after generation 5" in notes
     assert res.manifest["resumed_from"][arm] == 5
@@ -207,7 +207,7 @@ def test_corrupt_newest_checkpoint_falls_back_and_says_so(
     else:
         path.unlink()
     notes: list[str] = []
-    res = run(tiny_cfg(), out=tmp_path, plots=False, resume=True, log=notes.append)
+    res = run(tiny_cfg(), out=tmp_path, resume=True, log=notes.append)
     rejected = [n for n in notes if "gen000008 rejected" in n]
     assert len(rejected) == 1, notes
     assert target in rejected[0] and "falling back to gen000007" in rejected[0]
@@ -224,7 +224,7 @@ def test_corrupt_record_restarts_the_arm_from_scratch(tmp_path, reference) -> No
     rec = _arm_dir(tmp_path, "sub x+y") / "records" / "gen000002.npz"
     rec.write_bytes(rec.read_bytes()[:-7])
     notes: list[str] = []
-    res = run(tiny_cfg(), out=tmp_path, plots=False, resume=True, log=notes.append)
+    res = run(tiny_cfg(), out=tmp_path, resume=True, log=notes.append)
     assert sum("records/gen000002.npz: SHA-256 mismatch" in n for n in notes) == 3  # keep=3
     assert any("starting the arm from generation 0" in n for n in notes)
     pd.testing.assert_frame_equal(res.metrics, reference, check_exact=True)
@@ -253,22 +253,22 @@ def test_resume_refuses_another_config(tmp_path) -> None:
     other = tiny_cfg()
     other["arms"][1]["loop.synthetic_size"] = 8
     with pytest.raises(ConfigError) as err:
-        run(other, out=tmp_path, plots=False, resume=True)
+        run(other, out=tmp_path, resume=True)
     assert "another config" in str(err.value) and "loop.synthetic_size" in str(err.value)
 
 
 def test_resume_may_extend_generations(tmp_path) -> None:
-    run(tiny_cfg(generations=6), out=tmp_path, plots=False)
-    longer = run(tiny_cfg(generations=12), out=tmp_path, plots=False, resume=True)
-    fresh = run(tiny_cfg(generations=12), plots=False)
+    run(tiny_cfg(generations=6), out=tmp_path)
+    longer = run(tiny_cfg(generations=12), out=tmp_path, resume=True)
+    fresh = run(tiny_cfg(generations=12))
     pd.testing.assert_frame_equal(longer.metrics, fresh.metrics, check_exact=True)
     with pytest.raises(ConfigError, match="already at generation 12"):
-        run(tiny_cfg(generations=4), out=tmp_path, plots=False, resume=True)
+        run(tiny_cfg(generations=4), out=tmp_path, resume=True)
 
 
 @pytest.mark.parametrize("keep", [1, 3])
 def test_keep_checkpoints_bounds_disk(tmp_path, keep) -> None:
-    run(tiny_cfg(), out=tmp_path, plots=False, keep_checkpoints=keep)
+    run(tiny_cfg(), out=tmp_path, keep_checkpoints=keep)
     for arm in ("base", "ex", "sub x+y"):
         gens = sorted(p.name for p in _arm_dir(tmp_path, arm).glob("gen*"))
         assert gens == [f"gen{t:06d}" for t in range(12 - keep + 1, 13)]
@@ -277,9 +277,9 @@ def test_keep_checkpoints_bounds_disk(tmp_path, keep) -> None:
 
 def test_checkpoint_every_k(tmp_path, reference) -> None:
     with pytest.raises(Crash):
-        run(tiny_cfg(), out=tmp_path, plots=False, progress=crash_at("ex", 8), checkpoint_every=5)
+        run(tiny_cfg(), out=tmp_path, progress=crash_at("ex", 8), checkpoint_every=5)
     assert sorted(p.name for p in _arm_dir(tmp_path, "ex").glob("gen*")) == ["gen000005"]
-    res = run(tiny_cfg(), out=tmp_path, plots=False, resume=True)
+    res = run(tiny_cfg(), out=tmp_path, resume=True)
     pd.testing.assert_frame_equal(res.metrics, reference, check_exact=True)
 
 
@@ -341,8 +341,8 @@ def test_a_run_directory_in_use_is_refused(tmp_path) -> None:
 
     with RunLock(tmp_path):
         with pytest.raises(ConfigError, match=f"another madloop run \\(pid {os.getpid()}\\)"):
-            run(tiny_cfg(), out=tmp_path, plots=False)
-    run(tiny_cfg(generations=2), out=tmp_path, plots=False)  # free again once released
+            run(tiny_cfg(), out=tmp_path)
+    run(tiny_cfg(generations=2), out=tmp_path)  # free again once released
 
 
 def test_resume_under_other_versions_says_so(tmp_path, reference, monkeypatch) -> None:
@@ -352,7 +352,7 @@ def test_resume_under_other_versions_says_so(tmp_path, reference, monkeypatch) -
     real = ex.versions()
     monkeypatch.setattr(ex, "versions", lambda: {**real, "numpy": "0.0-other"})
     notes: list[str] = []
-    res = run(tiny_cfg(), out=tmp_path, plots=False, resume=True, log=notes.append)
+    res = run(tiny_cfg(), out=tmp_path, resume=True, log=notes.append)
     assert any(f"numpy {real['numpy']} -> 0.0-other" in n for n in notes), notes
     pd.testing.assert_frame_equal(res.metrics, reference, check_exact=True)
 
@@ -369,8 +369,8 @@ def test_out_that_is_a_file_is_a_clean_error(tmp_path) -> None:
 def test_python_default_starts_afresh_and_false_refuses(tmp_path, reference) -> None:
     _crashed_run(tmp_path)
     with pytest.raises(ConfigError, match="pass --resume"):
-        run(tiny_cfg(), out=tmp_path, plots=False, resume=False)
-    res = run(tiny_cfg(), out=tmp_path, plots=False)  # default: a fresh run replaces them
+        run(tiny_cfg(), out=tmp_path, resume=False)
+    res = run(tiny_cfg(), out=tmp_path)  # default: a fresh run replaces them
     pd.testing.assert_frame_equal(res.metrics, reference, check_exact=True)
     assert "resumed_from" not in res.manifest
     assert sorted(p.name for p in _arm_dir(tmp_path, "base").glob("gen*")) == [
@@ -430,8 +430,8 @@ def test_crash_early_with_a_fixed_real_set(tmp_path, at, mode) -> None:
     cfg = tiny_cfg(generations=5, arms=[])
     cfg["model"]["mode"] = mode
     cfg["loop"] = {"regime": "synthetic-augmentation", "real_size": 5, "synthetic_size": 4}
-    ref = run(cfg, plots=False).metrics
+    ref = run(cfg).metrics
     with pytest.raises(Crash):
-        run(cfg, out=tmp_path, plots=False, progress=crash_at("base", at))
-    res = run(cfg, out=tmp_path, plots=False, resume=True)
+        run(cfg, out=tmp_path, progress=crash_at("base", at))
+    res = run(cfg, out=tmp_path, resume=True)
     pd.testing.assert_frame_equal(res.metrics, ref, check_exact=True)

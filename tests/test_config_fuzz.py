@@ -448,7 +448,7 @@ def test_valid_configs_validate(cfg) -> None:
 @cases("runs")
 @given(valid_configs())
 def test_valid_tiny_configs_run(cfg) -> None:
-    res = run(cfg, plots=False)
+    res = run(cfg)
     _, arms = parse(cfg)
     expected = sum(a.config.generations * a.config.replicates for a in arms) * 5
     assert len(res.metrics) == expected

@@ -109,8 +109,8 @@ def _wide(metrics: pd.DataFrame, arm: str) -> pd.DataFrame:
 # -- diverging training ---------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", ["exact", "sample"])
 def test_nan_state_stops_that_chain_only(mode) -> None:
-    res = run(cfg(mode), plots=False)
-    healthy = run({**cfg(mode), "model": {"family": "gaussian", "mode": mode}}, plots=False)
+    res = run(cfg(mode))
+    healthy = run({**cfg(mode), "model": {"family": "gaussian", "mode": mode}})
     flaky, ref = _wide(res.metrics, "base"), _wide(healthy.metrics, "base")
     dead = flaky.index.get_level_values("replicate") == 1
     later = flaky.index.get_level_values("generation") >= 3
@@ -129,7 +129,7 @@ def test_nan_state_stops_that_chain_only(mode) -> None:
 
 
 def test_fit_failed_names_its_chains_and_reason() -> None:
-    res = run(cfg(how="raise", fail_replicates=[0, 2]), plots=False)
+    res = run(cfg(how="raise", fail_replicates=[0, 2]))
     assert [(f["replicate"], f["generation"], f["reason"]) for f in res.manifest["failures"]] == [
         (0, 3, "loss is NaN at step 17"),
         (2, 3, "loss is NaN at step 17"),
@@ -148,7 +148,7 @@ def test_fit_failed_names_its_chains_and_reason() -> None:
 )
 def test_whole_arm_failure_stops_the_arm_and_others_go_on(model, reason) -> None:
     notes: list[str] = []
-    res = run(cfg(**model), plots=False, log=notes.append)
+    res = run(cfg(**model), log=notes.append)
     base = res.metrics[res.metrics.arm == "base"]
     assert sorted(base.generation.unique()) == [1, 2, 3]  # the arm ended at its failure
     assert base[base.generation == 3].value.isna().all()
@@ -167,10 +167,10 @@ def test_failure_survives_a_resume_bit_for_bit(tmp_path) -> None:
         if arm == "base" and g == 5:
             raise Crash
 
-    ref = run(cfg("sample"), plots=False)
+    ref = run(cfg("sample"))
     with pytest.raises(Crash):
-        run(cfg("sample"), out=tmp_path, plots=False, progress=crash)
-    res = run(cfg("sample"), out=tmp_path, plots=False, resume=True)
+        run(cfg("sample"), out=tmp_path, progress=crash)
+    res = run(cfg("sample"), out=tmp_path, resume=True)
     pd.testing.assert_frame_equal(res.metrics, ref.metrics, check_exact=True)
     assert res.manifest["failures"] == ref.manifest["failures"]
 
@@ -226,7 +226,8 @@ def test_n_at_most_d_gives_minus_inf_log_det_and_finite_w2(mode, tmp_path) -> No
         "model": {"family": "gaussian", "mode": mode},
         "loop": {"regime": "fully-synthetic", "synthetic_size": 6},  # n = d: rank n - 1 < d
     }
-    res = run(config, out=tmp_path, plots=True)
+    res = run(config, out=tmp_path)
+    res.write_plots()
     wide = _wide(res.metrics, "base")
     assert (wide["log_det_change"] == -np.inf).all()
     assert (wide["kl_divergence"] == np.inf).all()
@@ -251,7 +252,7 @@ def test_bias_near_zero_never_gives_nan(mode, regime) -> None:
     }
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no stray floating-point warnings either
-        res = run(config, plots=False)
+        res = run(config)
     values = res.metrics.value
     assert values.isna().sum() == 0 and not res.manifest["failures"]
     last = _wide(res.metrics, "base").xs(80, level="generation")
@@ -366,7 +367,7 @@ def test_one_sample_source_is_defined_for_a_family_that_accepts_it(tmp_path) -> 
             "model": {"family": "point-mass"},
             "loop": {"regime": "fully-synthetic", "synthetic_size": 1},
         }
-        res = run(config, out=tmp_path, plots=False)
+        res = run(config, out=tmp_path)
         wide = _wide(res.metrics, "base")
         assert (wide["trace_ratio"] == 0).all() and (wide["log_det_change"] == -np.inf).all()
         assert np.isfinite(wide["wasserstein2"]).all()
@@ -426,7 +427,7 @@ def test_family_without_get_state_runs_uncheckpointed(tmp_path) -> None:
             "loop": {"synthetic_size": 4},
         }
         notes: list[str] = []
-        res = run(config, out=tmp_path, plots=False, log=notes.append)
+        res = run(config, out=tmp_path, log=notes.append)
         assert len(res.metrics) == 3 * 2 * 5
         assert notes == ["arm 'base': family 'stateless' has no get_state(); not checkpointed"]
         assert not (tmp_path / "checkpoints").exists()

@@ -91,7 +91,7 @@ def _kill_resume_compare(tmp_path: Path, text: str, arm: str) -> tuple[Path, str
     resumed = _madloop(str(cfg), "--out", str(killed), "--resume")
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
-    run(str(cfg), out=ref, plots=False)  # uninterrupted
+    run(str(cfg), out=ref)  # uninterrupted
     got = pd.read_parquet(killed / "metrics.parquet")
     want = pd.read_parquet(ref / "metrics.parquet")
     pd.testing.assert_frame_equal(got, want, check_exact=True)
@@ -184,7 +184,7 @@ def bias_suite():
 def test_pool_metrics_are_measured_with_each_lineages_bias(bias_suite) -> None:
     cfg = _pool_cfg(lineages=[{"name": "half", "bias": 0.5}, {"name": "full"}])
     cfg["sampling"] = {"bias": 1.0}
-    m = run(cfg, plots=False).metrics
+    m = run(cfg).metrics
     seen = m[m.metric == "seen_bias"].groupby("arm")["value"].unique()
     assert seen["base:half"].tolist() == [0.5] and seen["base:full"].tolist() == [1.0]
 
@@ -247,7 +247,7 @@ def _flaky_run(fail_on: int, how: str = "raise"):
     # the live lineage models are built first: instances 0..R-1 are the flaky lineage's chains
     Flaky.made, Flaky.fail_on, Flaky.how = itertools.count(), fail_on, how
     lineages = [{"name": "flaky", "model": {"family": "test-flaky"}}, {"name": "gauss"}]
-    return run(_pool_cfg(lineages=lineages, max_age=2), plots=False)
+    return run(_pool_cfg(lineages=lineages, max_age=2))
 
 
 @pytest.mark.parametrize(
@@ -273,4 +273,4 @@ def test_a_failing_chain_of_one_lineage_stops_alone(flaky_family, how, reason) -
 def test_config_errors_of_a_pool_arm_still_come_first(tmp_path) -> None:
     cfg = _pool_cfg(adoption=1.0, max_age=1, detector={"tpr": 1.0})
     with pytest.raises(ConfigError, match="loop.detector: at generation 2"):
-        run(cfg, out=tmp_path, plots=False)
+        run(cfg, out=tmp_path)

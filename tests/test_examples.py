@@ -43,7 +43,7 @@ def test_example_validates_and_runs(path: Path):
             arm.get("model", {}).pop("steps", None)
         if "eval_size" in raw["data"]:
             raw["data"]["eval_size"] = 100
-    res = madloop.run(raw, generations=3, replicates=4, plots=False)
+    res = madloop.run(raw, generations=3, replicates=4)
     # a web-pool arm reports one chain per lineage, as "<arm>:<lineage>"
     assert {name.split(":")[0] for name in res.metrics["arm"]} == {a.name for a in arms}
     assert np.isfinite(res.metrics["value"]).all()

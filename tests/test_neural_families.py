@@ -218,7 +218,7 @@ def test_end_to_end_run(family, tmp_path):
     if family == "ddpm":
         cfg["model"].update(timesteps=20, sample_steps=5)
     a = run(cfg, out=tmp_path / "a")
-    b = run(cfg, plots=False)
+    b = run(cfg)
     assert set(a.metrics["metric"]) >= {
         "modes_covered",
         "high_quality",

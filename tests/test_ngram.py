@@ -108,7 +108,7 @@ def test_perplexity_rises_when_fully_synthetic_and_not_with_fresh_data(tmp_path)
             }
         ],
     }
-    result = run(cfg, out=tmp_path / "run", plots=False)
+    result = run(cfg, out=tmp_path / "run")
     ppl = result.metrics.query("metric == 'perplexity'").pivot_table(
         index=["arm", "replicate"], columns="generation", values="value"
     )

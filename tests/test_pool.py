@@ -113,12 +113,12 @@ def test_exact_mode_uses_the_same_counts_and_keeps_them_in_its_statistics():
 
 def test_same_seed_same_numbers_and_lineages_have_their_own_streams():
     cfg = config(MIXED, replicates=20, generations=4)
-    a, b = run(cfg, plots=False), run(cfg, plots=False)
+    a, b = run(cfg), run(cfg)
     pd.testing.assert_frame_equal(a.metrics, b.metrics)
     assert set(a.metrics["arm"]) == {"base:A", "base:B", "base:C"}
     other = copy.deepcopy(cfg)
     other["seed"] = 12
-    c = run(other, plots=False)
+    c = run(other)
     assert not np.allclose(a.metrics["value"], c.metrics["value"], equal_nan=True)
 
 
@@ -151,7 +151,7 @@ def test_perfect_detector_matches_the_fresh_data_loop_in_law():
     )
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)  # the fresh loop's empty synthetic draw
-        result = run(cfg, plots=False)
+        result = run(cfg)
     for arm in ("base", "sample"):
         ks_same_law(result, arm, "fresh", ["mean_error_sq", "trace_ratio"], [2, 5])
         share = result.metrics.query("arm == @arm and metric == 'synthetic_share'")["value"]
@@ -177,7 +177,7 @@ def test_detector_that_flags_nothing_matches_the_mixture():
             },
         ],
     )
-    result = run(cfg, plots=False)
+    result = run(cfg)
     for arm in ("base", "sample"):
         ks_same_law(result, arm, "mixture", ["mean_error_sq", "trace_ratio"], [3, 6])
         share = result.metrics.query("arm == @arm and metric == 'synthetic_share'")
@@ -250,21 +250,21 @@ def assert_theory_matches(result) -> None:
 @pytest.mark.parametrize("case", sorted(THEORY_CASES))
 def test_gaussian_theory_matches_simulation(case):
     loop = {"scrape_size": 30, **THEORY_CASES[case]}
-    assert_theory_matches(run(config(loop, replicates=4000, generations=6, seed=3), plots=False))
+    assert_theory_matches(run(config(loop, replicates=4000, generations=6, seed=3)))
 
 
 def test_gaussian_theory_matches_sample_mode():
     """The points path (cohort draws, row assembly, per-replicate shuffles) has the same law."""
     loop = {"scrape_size": 30, **THEORY_CASES["two-lineages-lag-watermark"]}
     cfg = config(loop, model={"mode": "sample"}, replicates=3000, generations=5, seed=4)
-    assert_theory_matches(run(cfg, plots=False))
+    assert_theory_matches(run(cfg))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["keep-all", "two-lineages-lag-watermark", "no-refill-starving"])
 def test_gaussian_theory_matches_simulation_long(case):
     loop = {"scrape_size": 30, **THEORY_CASES[case]}
-    assert_theory_matches(run(config(loop, replicates=6000, generations=25, seed=8), plots=False))
+    assert_theory_matches(run(config(loop, replicates=6000, generations=25, seed=8)))
 
 
 def test_lineages_contaminate_each_other():
@@ -272,8 +272,8 @@ def test_lineages_contaminate_each_other():
     (λ = 0.5) narrows it, in theory and in simulation."""
     alone = {"adoption": 0.8, "max_age": 1}
     shared = {**alone, "lineages": [{"name": "A"}, {"name": "B", "bias": 0.5}]}
-    a = run(config(alone, replicates=1000, generations=8), plots=False).summary
-    b = run(config(shared, replicates=1000, generations=8), plots=False).summary
+    a = run(config(alone, replicates=1000, generations=8)).summary
+    b = run(config(shared, replicates=1000, generations=8)).summary
 
     def last(s, arm):
         row = s[(s.arm == arm) & (s.metric == "trace_ratio") & (s.generation == 8)].iloc[0]
@@ -296,7 +296,7 @@ def test_starving_lineage_keeps_its_model():
         replicates=300,
         generations=5,
     )
-    m = run(cfg, plots=False).metrics
+    m = run(cfg).metrics
     wide = m.pivot_table(index=["generation", "replicate"], columns="metric", values="value")
     starved = wide[wide["train_size"] < 2].reset_index()
     assert len(starved) > 20
@@ -320,7 +320,7 @@ def test_likelihood_curation_acts_like_a_sampling_bias():
         generations=T,
         arms=[{"name": "plain", "loop.curation.keep": 1.0, "model.mode": "sample"}],
     )
-    result = run(cfg, plots=False)
+    result = run(cfg)
     assert result.manifest["modes"]["base"] == "sample"  # curation looks at content
     s = result.summary
     cur = s[(s.arm == "base") & (s.metric == "trace_ratio")].sort_values("generation")
@@ -362,7 +362,7 @@ def test_bad_configs_name_the_field(loop, expected):
 def test_detector_that_leaves_nothing_is_a_config_error():
     cfg = config({"adoption": 1.0, "max_age": 1, "detector": {"tpr": 1.0}})
     with pytest.raises(ConfigError, match="loop.detector: at generation 2"):
-        run(cfg, plots=False)
+        run(cfg)
 
 
 def test_cli_reports_bad_pool_config(tmp_path):

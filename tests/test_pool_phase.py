@@ -16,7 +16,7 @@ import pytest
 from madloop.config import parse
 from madloop.experiment import run
 from madloop.pool import phase_boundary
-from madloop.report.pool_phase import plot_pool_phase
+from madloop.report.phase import plot_pool_phase
 
 ROOT = Path(__file__).resolve().parents[1]
 PHASE = ROOT / "examples" / "web-pool-phase.toml"
@@ -59,7 +59,7 @@ def test_phase_plot_helper_draws_cells_and_boundaries(tmp_path):
     rows = []
     for a, t in itertools.product([0.0, 0.9], [0.0, 0.9]):
         cfg = with_keys(base, {"loop.adoption": a, "loop.detector.tpr": t})
-        m = run(cfg, plots=False).metrics
+        m = run(cfg).metrics
         last = m[(m.generation == 4) & (m.metric == "mean_error_sq")]
         rows.append(pd.DataFrame({"adoption": a, "tpr": t, "value": last["value"]}))
     cells = pd.concat(rows)

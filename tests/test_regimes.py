@@ -156,7 +156,7 @@ def test_provenance_csv_per_regime(tmp_path):
             {"name": "sub", "loop.regime": "accumulate-subsample", "loop.real_size": 1},
         ],
     }
-    res = run(config, out=tmp_path, plots=False)
+    res = run(config, out=tmp_path)
     prov = pd.read_csv(tmp_path / "provenance.csv")
     pd.testing.assert_frame_equal(prov, res.provenance, check_dtype=False)
 

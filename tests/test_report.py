@@ -444,22 +444,22 @@ def _results(keys: dict[str, list], seeds=(0, 1), replicates=3) -> pd.DataFrame:
 
 
 def test_cells_average_replicates_and_seeds():
-    from madloop.report import heatmaps
+    from madloop.report import phase
 
     res = _results({"loop.real_size": [0, 10], "loop.regime": ["fresh-data", "accumulate"]})
-    assert heatmaps.swept_keys(res) == ["loop.real_size", "loop.regime"]
-    assert heatmaps.swept_keys(res, ["loop.regime", "loop.real_size"]) == [
+    assert phase.swept_keys(res) == ["loop.real_size", "loop.regime"]
+    assert phase.swept_keys(res, ["loop.regime", "loop.real_size"]) == [
         "loop.regime",
         "loop.real_size",
     ]
-    cells = heatmaps.cell_means(res, "trace_ratio", ["loop.real_size", "loop.regime"], 4)
+    cells = phase.cell_means(res, "trace_ratio", ["loop.real_size", "loop.regime"], 4)
     got = cells.set_index(["loop.real_size", "loop.regime"])["mean"]
     assert got[(0, "fresh-data")] == pytest.approx(0.6)
     assert got[(10, "accumulate")] == pytest.approx(0.6 + 11)
     assert set(cells["n"]) == {6}
     # categorical and numeric keys, one key, three keys: each draws
-    heatmaps.plot_phase(res, None, "trace_ratio", ["loop.regime", "loop.real_size"], 4)
-    heatmaps.plot_line(res, None, "trace_ratio", "loop.regime", 4)
+    phase.plot_phase(res, None, "trace_ratio", ["loop.regime", "loop.real_size"], 4)
+    phase.plot_line(res, None, "trace_ratio", "loop.regime", 4)
 
 
 def test_three_keys_average_the_third(tmp_path):
@@ -487,16 +487,16 @@ def test_run_without_manifest_or_summary(tiny_run, tmp_path):
 
 
 def test_gallery_picks_first_last_and_between():
-    from madloop.report.html import _pick_generations
+    from madloop.report.gallery import pick_generations
 
-    assert _pick_generations([1, 2, 3]) == [1, 2, 3]
-    picks = _pick_generations([1, 2, 3, 5, 7, 10, 20, 50, 100])
+    assert pick_generations([1, 2, 3]) == [1, 2, 3]
+    picks = pick_generations([1, 2, 3, 5, 7, 10, 20, 50, 100])
     assert picks[0] == 1 and picks[-1] == 100 and len(picks) <= 6 and picks == sorted(picks)
 
 
 def test_report_reads_directories_not_the_loop():
     """The report is made from files: it imports neither the loop, the experiment nor sweeps."""
-    for name in ("html.py", "findings.py", "heatmaps.py", "plots.py"):
+    for name in ("html.py", "parts.py", "gallery.py", "findings.py", "phase.py", "plots.py"):
         path = ROOT / "src" / "madloop" / "report" / name
         source = path.read_text()
         for module in ("madloop.loop", "madloop.experiment", "madloop.sweep"):

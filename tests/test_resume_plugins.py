@@ -250,11 +250,11 @@ def test_neural_family_resumes_bit_exact(tmp_path, family, cfg, sample_mean_metr
         if g == 2:
             raise Crash
 
-    ref = run(cfg, out=tmp_path / "ref", plots=False)
+    ref = run(cfg, out=tmp_path / "ref")
     assert "sample_mean" in set(ref.metrics.metric) and len(ref.metrics) > 0
     with pytest.raises(Crash):
-        run(cfg, out=tmp_path / "run", plots=False, progress=crash)
-    res = run(cfg, out=tmp_path / "run", plots=False, resume=True)
+        run(cfg, out=tmp_path / "run", progress=crash)
+    res = run(cfg, out=tmp_path / "run", resume=True)
     assert res.manifest["resumed_from"] == {"base": 2}
     pd.testing.assert_frame_equal(res.metrics, ref.metrics, check_exact=True)
     got, want = _final_state(tmp_path / "run"), _final_state(tmp_path / "ref")

@@ -58,8 +58,8 @@ def config(estimator: str, bias: float = 1.0, **params):
 def test_each_estimator_round_trips_through_the_loop(estimator, params):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        a = run(config(estimator, 0.8, **params), plots=False)
-        b = run(config(estimator, 0.8, **params), plots=False)
+        a = run(config(estimator, 0.8, **params))
+        b = run(config(estimator, 0.8, **params))
     metrics = set(a.metrics["metric"])
     assert {"heldout_loglik", "trace_ratio", "wasserstein2", "kl_divergence"} <= metrics
     assert a.metrics["value"].notna().all()
@@ -216,7 +216,7 @@ def test_an_installed_package_adds_an_estimator(monkeypatch):
     cfg["model"] = {"family": "mixture3", "params": {"max_iter": 50}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        result = run(cfg, plots=False)
+        result = run(cfg)
     assert "heldout_loglik" in set(result.metrics["metric"])
     cfg["model"] = {"family": "sklearn", "estimator": "mixture3"}  # and by short name
     assert validate(cfg).model.estimator == "mixture3"

@@ -51,7 +51,7 @@ def sorted_table(frame: pd.DataFrame) -> pd.DataFrame:
 def reference(tmp_path_factory) -> pd.DataFrame:
     """The small sweep run serially, in this process: what every executor must reproduce."""
     out = tmp_path_factory.mktemp("ref")
-    res = sweep(small(), out=out, executor="serial", plots=False)
+    res = sweep(small(), out=out, executor="serial")
     assert res.errors == {} and len(res.status) == 8
     return sorted_table(pd.read_parquet(out / "results.parquet"))
 
@@ -92,7 +92,7 @@ def test_plan_expands_grid_in_order_and_keeps_arms():
 def test_reordering_the_grid_changes_no_number(reference, tmp_path):
     cfg = small()
     cfg["sweep"]["grid"] = {"loop.real_size": [40, 5], "sampling.bias": [0.8, 1.0]}
-    res = sweep(cfg, out=tmp_path, executor="serial", plots=False)
+    res = sweep(cfg, out=tmp_path, executor="serial")
     pd.testing.assert_frame_equal(sorted_table(res.results)[reference.columns], reference)
     # and the numbers differ between points and seeds (the comparison has teeth)
     final = reference[(reference.metric == "trace_ratio") & (reference.generation == 4)]
@@ -102,7 +102,7 @@ def test_reordering_the_grid_changes_no_number(reference, tmp_path):
 # -- executors ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("workers", [1, 2])
 def test_local_pool_matches_serial(reference, tmp_path, workers):
-    res = sweep(small(), out=tmp_path, executor="local", workers=workers, plots=False)
+    res = sweep(small(), out=tmp_path, executor="local", workers=workers)
     assert res.errors == {} and res.ran == 8
     got = sorted_table(pd.read_parquet(tmp_path / "results.parquet"))
     pd.testing.assert_frame_equal(got, reference)
@@ -119,7 +119,7 @@ def ray_session():
 
 
 def test_ray_matches_serial(reference, tmp_path, ray_session):
-    res = sweep(small(), out=tmp_path, executor="ray", workers=2, plots=False)
+    res = sweep(small(), out=tmp_path, executor="ray", workers=2)
     assert res.errors == {} and res.ran == 8
     assert ray_session.is_initialized()  # it used the session it found and left it running
     got = sorted_table(pd.read_parquet(tmp_path / "results.parquet"))
@@ -180,7 +180,7 @@ class FailSome:
 
 def test_failed_task_is_reported_and_the_rest_complete(reference, tmp_path):
     victim = "sampling.bias=0.8/loop.real_size=5/seed=1"
-    res = sweep(small(), out=tmp_path, executor=FailSome(LocalExecutor(2), [victim]), plots=False)
+    res = sweep(small(), out=tmp_path, executor=FailSome(LocalExecutor(2), [victim]))
     assert res.errors == {victim: f"RuntimeError: injected failure in {victim}"}
     assert res.status[victim] == "failed" and sum(s == "done" for s in res.status.values()) == 7
     assert not (tmp_path / "tasks" / victim / "manifest.json").exists()
@@ -194,7 +194,7 @@ def test_failed_task_is_reported_and_the_rest_complete(reference, tmp_path):
     ].reset_index(drop=True)
     pd.testing.assert_frame_equal(sorted_table(res.results), expected)
     # a resume retries the failed task only, and the table is whole again
-    again = sweep(small(), out=tmp_path, executor="serial", plots=False)
+    again = sweep(small(), out=tmp_path, executor="serial")
     assert again.ran == 1 and again.status[victim] == "done" and again.reused == 7
     pd.testing.assert_frame_equal(sorted_table(again.results), reference)
 
@@ -246,13 +246,13 @@ def test_sigkill_then_resume_runs_only_the_missing_tasks(tmp_path):
     assert 3 <= len(done_before) < 12
     assert not (out / "results.parquet").exists()
 
-    res = sweep(config, out=out, executor="local", workers=2, plots=False)
+    res = sweep(config, out=out, executor="local", workers=2)
     assert res.reused == len(done_before) and res.ran == 12 - len(done_before)
     assert res.errors == {}
     for task_dir, mtime in done_before.items():  # finished tasks were not run again
         assert (task_dir / "manifest.json").stat().st_mtime_ns == mtime
 
-    fresh = sweep(config, out=tmp_path / "fresh", executor="serial", plots=False)
+    fresh = sweep(config, out=tmp_path / "fresh", executor="serial")
     pd.testing.assert_frame_equal(
         pd.read_parquet(out / "results.parquet"),
         pd.read_parquet(tmp_path / "fresh/results.parquet"),
@@ -261,18 +261,18 @@ def test_sigkill_then_resume_runs_only_the_missing_tasks(tmp_path):
 
 
 def test_fresh_reruns_and_changed_config_is_not_reused(tmp_path):
-    first = sweep(small(), out=tmp_path, executor="serial", plots=False)
+    first = sweep(small(), out=tmp_path, executor="serial")
     assert first.ran == 8
-    assert sweep(small(), out=tmp_path, executor="serial", plots=False).reused == 8
-    assert sweep(small(), out=tmp_path, executor="serial", plots=False, resume=False).ran == 8
-    changed = sweep(small(generations=3), out=tmp_path, executor="serial", plots=False)
+    assert sweep(small(), out=tmp_path, executor="serial").reused == 8
+    assert sweep(small(), out=tmp_path, executor="serial", resume=False).ran == 8
+    changed = sweep(small(generations=3), out=tmp_path, executor="serial")
     assert changed.ran == 8 and changed.results["generation"].max() == 3
     grown = small(generations=3)
     grown["sweep"]["grid"]["loop.real_size"] = [5, 40, 80]  # a new value: only its tasks run
-    assert sweep(grown, out=tmp_path, executor="serial", plots=False).ran == 4
+    assert sweep(grown, out=tmp_path, executor="serial").ran == 4
     shrunk = small(generations=3)
     shrunk["sweep"]["grid"]["loop.real_size"] = [5]
-    res = sweep(shrunk, out=tmp_path, executor="serial", plots=False)
+    res = sweep(shrunk, out=tmp_path, executor="serial")
     assert res.ran == 0 and len(res.manifest["stale_tasks"]) == 8
     assert set(res.results["loop.real_size"]) == {5}
 
@@ -280,7 +280,8 @@ def test_fresh_reruns_and_changed_config_is_not_reused(tmp_path):
 # -- the tables -----------------------------------------------------------------------------------
 def test_tables_read_back_with_pandas_duckdb_polars(tmp_path):
     duckdb = pytest.importorskip("duckdb")
-    res = sweep(small(), out=tmp_path, executor="serial", plots=True)
+    res = sweep(small(), out=tmp_path, executor="serial")
+    res.write_plots()
     results = pd.read_parquet(tmp_path / "results.parquet")
     assert list(results.columns) == [
         "sampling.bias", "loop.real_size", "seed", "arm", "generation", "replicate", "metric",

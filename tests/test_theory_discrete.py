@@ -163,7 +163,7 @@ def test_run_writes_theory_for_the_categorical_family(tmp_path):
         "loop": {"regime": "fully-synthetic", "synthetic_size": 40},
         "arms": [{"name": "hot", "sampling.bias": 0.5}],
     }
-    result = run(cfg, out=tmp_path / "run", plots=False)
+    result = run(cfg, out=tmp_path / "run")
     s = result.summary
     base = s[(s.arm == "base") & (s.metric == "heterozygosity")].sort_values("generation")
     expected = td.expected_heterozygosity(

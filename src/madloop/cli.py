@@ -161,7 +161,6 @@ def run_cmd(
                 generations=generations,
                 replicates=replicates,
                 progress=progress,
-                plots=not no_plots,
                 resume=resume,
                 keep_checkpoints=keep_checkpoints,
                 checkpoint_every=checkpoint_every,
@@ -169,6 +168,8 @@ def run_cmd(
             )
         except ConfigError as e:
             fail(e.problems)
+    if not no_plots:
+        result.write_plots()
     last = result.summary[result.summary["generation"] == result.summary["generation"].max()]
     title = f"generation {int(last['generation'].max())}" if len(last) else "no metric applies"
     table = Table(title=f"{base.name}: {title}", box=None)
@@ -372,13 +373,13 @@ def sweep_cmd(
                 workers=workers,
                 address=address,
                 resume=resume,
-                generation=generation,
-                plots=plots,
                 progress=progress,
                 on_start=on_start,
             )
         except (ImportError, ConnectionError) as e:  # no Ray, or no cluster at --address
             fail([str(e)])
+    if plots:
+        result.write_plots(generation)
     if result.manifest["stale_tasks"]:
         err.print(
             f"[yellow]note[/yellow]: {len(result.manifest['stale_tasks'])} task directories in "

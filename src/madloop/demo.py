@@ -51,6 +51,7 @@ def gaussian_part(out: Path, *, quick: bool, echo: Echo) -> str:
 
     overrides: dict[str, Any] = {"generations": 8, "replicates": 20} if quick else {}
     result = run(_examples() / "mad-gaussian.toml", out=out, **overrides)
+    result.write_plots()
     arms, seconds = result.summary["arm"].nunique(), result.manifest["timings_s"]["total"]
     return f"gaussian: {arms} arms in {seconds:.1f} s"
 
@@ -103,7 +104,7 @@ def images_part(out: Path, *, quick: bool, echo: Echo, generations: int) -> str 
     raw["generations"] = min(generations, int(raw.get("generations", generations)))
     t0 = time.perf_counter()
     try:
-        run(raw, out=out)
+        run(raw, out=out).write_plots()
     except ConfigError as err:
         return f"images: {config.name} did not validate ({'; '.join(err.problems[:2])})"
     return f"images: {raw['generations']} generations in {time.perf_counter() - t0:.1f} s"

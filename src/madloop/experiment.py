@@ -26,6 +26,7 @@ from madloop.galleries import gallery_generations, write_gallery
 from madloop.loop import Engine, GenerationRecord
 from madloop.storage import write_atomic, write_json, write_parquet
 from madloop.storage.environment import git_commit, versions
+from madloop.storage.layout import MANIFEST, METRICS, PROVENANCE, SUMMARY
 from madloop.tables import long_table, provenance_table, summarize
 from madloop.theory import predictions_frame
 
@@ -42,6 +43,18 @@ class RunResult:
     provenance: pd.DataFrame
     manifest: dict[str, Any] = field(default_factory=dict)
     out: Path | None = None
+
+    def write_plots(self) -> dict[str, float]:
+        """Draw ``plots/`` of the run directory from its summary (the CLI does this after a run;
+        the run itself draws nothing) and record the time in the manifest."""
+        if self.out is None:
+            raise ValueError("this run has no directory: pass out= to madloop.run")
+        from madloop.report.plots import write_run_plots
+
+        timings = write_run_plots(self.out)
+        self.manifest.setdefault("timings_s", {}).update(timings)
+        write_json(self.out / MANIFEST, self.manifest)
+        return timings
 
 
 def theory_frame(arms: list[Arm]) -> pd.DataFrame:
@@ -67,7 +80,6 @@ def run(
     generations: int | None = None,
     replicates: int | None = None,
     progress: Progress | None = None,
-    plots: bool = True,
     resume: bool | None = None,
     keep_checkpoints: int = 2,
     checkpoint_every: int = 1,
@@ -118,7 +130,7 @@ def run(
             base, arms, out, started, resume, keep_checkpoints, checkpoint_every, progress, log
         )
         if out is not None:
-            write_run(result, Path(out), plots=plots)
+            write_run(result, Path(out))
     return result
 
 
@@ -288,16 +300,11 @@ def _restore(
     return restored.records
 
 
-def write_run(result: RunResult, out: Path, *, plots: bool = True) -> None:
+def write_run(result: RunResult, out: Path) -> None:
+    """The run's tables and manifest (no figures: :meth:`RunResult.write_plots` draws them)."""
     out.mkdir(parents=True, exist_ok=True)
-    write_parquet(result.metrics, out / "metrics.parquet")
-    write_atomic(out / "summary.csv", result.summary.to_csv(index=False))
-    write_atomic(out / "provenance.csv", result.provenance.to_csv(index=False))
-    if plots:
-        from madloop.report.plots import plot_metrics
-
-        t0 = time.perf_counter()
-        plot_metrics(result.summary, out / "plots")
-        result.manifest["timings_s"]["plots"] = round(time.perf_counter() - t0, 4)
-    write_json(out / "manifest.json", result.manifest)
+    write_parquet(result.metrics, out / METRICS)
+    write_atomic(out / SUMMARY, result.summary.to_csv(index=False))
+    write_atomic(out / PROVENANCE, result.provenance.to_csv(index=False))
+    write_json(out / MANIFEST, result.manifest)
     result.out = out

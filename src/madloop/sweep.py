@@ -64,7 +64,7 @@ from madloop.config import (
 )
 from madloop.executors import Executor, TaskResult, make_executor
 from madloop.experiment import run
-from madloop.storage import write_atomic, write_parquet
+from madloop.storage import read_json, write_atomic, write_json, write_parquet
 from madloop.storage.environment import git_commit, versions
 from madloop.storage.lock import DirectoryLock, DirectoryLocked
 
@@ -284,7 +284,7 @@ class TaskOutput:
 
 def run_task(task: Task) -> TaskOutput:
     """Run one task's config (every arm). Top-level, so every executor can pickle it."""
-    result = run(task.config, plots=False)
+    result = run(task.config)
     summary = result.summary
     theory = summary.loc[summary["theory"].notna(), THEORY_COLUMNS].reset_index(drop=True)
     return TaskOutput(result.metrics[METRIC_COLUMNS], theory, dict(result.manifest["modes"]))
@@ -366,6 +366,20 @@ class SweepResult:
     out: Path
     manifest: dict[str, Any]
 
+    def write_plots(self, generation: int | None = None) -> dict[str, float]:
+        """Draw the phase diagrams under ``plots/`` (at ``generation``, default each task's last;
+        the CLI does this after a sweep, the sweep itself draws nothing)."""
+        from madloop.report.phase import write_sweep_plots
+
+        if self.results.empty:
+            return {}
+        timings = write_sweep_plots(self.out, generation=generation)
+        self.manifest.setdefault("timings_s", {}).update(timings)
+        doc = read_json(self.out / "sweep.json")
+        doc.setdefault("timings_s", {}).update(timings)
+        write_json(self.out / "sweep.json", doc)
+        return timings
+
     @property
     def ran(self) -> int:
         return sum(s != "reused" for s in self.status.values())
@@ -390,8 +404,6 @@ def sweep(
     workers: int | None = None,
     address: str | None = None,
     resume: bool = True,
-    plots: bool = True,
-    generation: int | None = None,
     progress: Progress | None = None,
     on_start: Callable[[SweepPlan, int], None] | None = None,
 ) -> SweepResult:
@@ -409,8 +421,6 @@ def sweep(
     resume : bool, default=True
         Skip tasks already finished in ``out`` with the same config. ``False`` removes
         ``out/tasks`` and the gathered tables first and runs everything.
-    generation : int, optional
-        The generation of the phase diagrams (default: each task's last).
     progress : callable, optional
         Called as ``progress(result, finished, to_run)`` after every task that ran.
 
@@ -430,8 +440,7 @@ def sweep(
         raise ConfigError([f"--out: {err}"]) from None
     try:
         return _sweep_locked(
-            plan_, out, executor, workers, address, resume, plots, generation, progress, on_start,
-            started,
+            plan_, out, executor, workers, address, resume, progress, on_start, started,
         )  # fmt: skip
     finally:
         lock.release()
@@ -444,8 +453,6 @@ def _sweep_locked(
     workers: int | None,
     address: str | None,
     resume: bool,
-    plots: bool,
-    generation: int | None,
     progress: Progress | None,
     on_start: Callable[[SweepPlan, int], None] | None,
     started: float,
@@ -481,12 +488,6 @@ def _sweep_locked(
         "run_wall": round(run_wall, 4),
         "task_sum": round(sum(r["seconds"] for r in runs.values() if _finite(r["seconds"])), 4),
     }
-    if plots and not results.empty:
-        from madloop.report.phase import plot_phase_diagrams
-
-        t0 = time.perf_counter()
-        plot_phase_diagrams(results, theory, plan_.keys, out / "plots", generation=generation)
-        manifest["timings_s"]["plots"] = round(time.perf_counter() - t0, 4)
     manifest["timings_s"]["total"] = round(time.time() - started, 4)
     _write_sweep_json(out, plan_, manifest, status, errors, runs)
     return SweepResult(plan_, results, theory, status, errors, out, manifest)

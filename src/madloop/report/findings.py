@@ -118,7 +118,6 @@ def arm_finding(arm: str, rows: pd.DataFrame) -> ArmFinding:
     finding = ArmFinding(arm, T, "")
     by_metric = {m: g.sort_values("generation") for m, g in rows.groupby("metric", sort=False)}
     late_slope = None
-
     ld = by_metric.get("log_det_change")
     if ld is not None:
         gens = ld["generation"].to_numpy()
@@ -128,66 +127,81 @@ def arm_finding(arm: str, rows: pd.DataFrame) -> ArmFinding:
         finding.log_det_slope_theory = slope(gens, theory)
         late = gens >= gens[0] + (gens[-1] - gens[0]) / 2
         late_slope = slope(gens[late], mean[late])
-
     tr = by_metric.get("trace_ratio")
     if tr is not None:
-        gens = tr["generation"].to_numpy()
-        mean = tr["mean"].to_numpy(float)
-        median = tr["median"].to_numpy(float) if "median" in tr else mean
-        last, last_median = mean[-1], median[-1]
-        finding.halving_generation = first_generation_below(gens, mean, 0.5)
-        if min(last, last_median) < COLLAPSED_BELOW:
-            finding.verdict = "collapsed"
-        elif late_slope is not None and late_slope * T < -np.log(2):
-            finding.verdict = "collapsing"
-        elif last < SHRINKING_BELOW:
-            finding.verdict = "shrinking"
-        else:
-            finding.verdict = "stable"
-        text = f"Keeps {_fmt(100 * last)}% of the real variance after {T} generations (mean "
-        text += f"trace ratio {_fmt(last)}; median chain {_fmt(last_median)}; 5-95% of chains "
-        text += f"{_fmt(tr['q05'].iloc[-1])} to {_fmt(tr['q95'].iloc[-1])})"
-        if finding.halving_generation is not None:
-            text += f"; the mean variance halved by generation {finding.halving_generation}"
-        else:
-            text += "; the mean variance never halved"
-        theory = pd.to_numeric(tr["theory"], errors="coerce").to_numpy(float)
-        if np.isfinite(theory).any():
-            th_half = first_generation_below(gens, theory, 0.5)
-            text += (
-                f" (theory: generation {th_half})"
-                if th_half is not None
-                else " (theory: never within the run)"
-            )
-        finding.sentences.append(text + ".")
-
-    if ld is not None and np.isneginf(ld["mean"].to_numpy(float)).any():
-        first = int(ld["generation"].to_numpy()[np.isneginf(ld["mean"].to_numpy(float))][0])
-        finding.sentences.append(
-            f"log det Σ_t is -inf from generation {first} on: some chains' fitted covariance is "
-            "singular (fewer training points than dimensions, or variance lost to rounding)."
-        )
-    if finding.log_det_slope is not None:
-        text = f"log det Σ changes by {_fmt(finding.log_det_slope)} per generation"
-        if finding.log_det_slope_theory is not None:
-            text += f" (theory {_fmt(finding.log_det_slope_theory)})"
-        if finding.log_det_slope < 0:
-            factor = _fmt(np.exp(finding.log_det_slope))
-            text += f": the fitted law's volume shrinks by a factor {factor} a generation"
-        if finding.verdict == "collapsing":
-            text += (
-                f", still {_fmt(np.exp(late_slope))} a generation over the second half: the mean "
-                "trace holds, yet the typical chain degenerates (some directions die out)"
-            )
-        finding.sentences.append(text + ".")
-
+        _trace_finding(finding, tr, late_slope)
+    if ld is not None:
+        _log_det_sentences(finding, ld, late_slope)
     me = by_metric.get("mean_error_sq")
     if me is not None:
         finding.sentences.append(
             f"The mean drifts: ||μ_t - μ_0||² goes from {_fmt(me['mean'].iloc[0])} to "
             f"{_fmt(me['mean'].iloc[-1])}."
         )
+    _other_metrics(finding, by_metric, int(rows["generation"].min()))
+    return finding
 
+
+def _trace_finding(finding: ArmFinding, tr: pd.DataFrame, late_slope: float | None) -> None:
+    """The verdict and the variance sentence from the trace ratio's rows."""
+    T = finding.generations
+    gens = tr["generation"].to_numpy()
+    mean = tr["mean"].to_numpy(float)
+    median = tr["median"].to_numpy(float) if "median" in tr else mean
+    last, last_median = mean[-1], median[-1]
+    finding.halving_generation = first_generation_below(gens, mean, 0.5)
+    if min(last, last_median) < COLLAPSED_BELOW:
+        finding.verdict = "collapsed"
+    elif late_slope is not None and late_slope * T < -np.log(2):
+        finding.verdict = "collapsing"
+    elif last < SHRINKING_BELOW:
+        finding.verdict = "shrinking"
+    else:
+        finding.verdict = "stable"
+    text = f"Keeps {_fmt(100 * last)}% of the real variance after {T} generations (mean "
+    text += f"trace ratio {_fmt(last)}; median chain {_fmt(last_median)}; 5-95% of chains "
+    text += f"{_fmt(tr['q05'].iloc[-1])} to {_fmt(tr['q95'].iloc[-1])})"
+    if finding.halving_generation is not None:
+        text += f"; the mean variance halved by generation {finding.halving_generation}"
+    else:
+        text += "; the mean variance never halved"
+    theory = pd.to_numeric(tr["theory"], errors="coerce").to_numpy(float)
+    if np.isfinite(theory).any():
+        th_half = first_generation_below(gens, theory, 0.5)
+        text += (
+            f" (theory: generation {th_half})"
+            if th_half is not None
+            else " (theory: never within the run)"
+        )
+    finding.sentences.append(text + ".")
+
+
+def _log_det_sentences(finding: ArmFinding, ld: pd.DataFrame, late_slope: float | None) -> None:
+    means = ld["mean"].to_numpy(float)
+    if np.isneginf(means).any():
+        first = int(ld["generation"].to_numpy()[np.isneginf(means)][0])
+        finding.sentences.append(
+            f"log det Σ_t is -inf from generation {first} on: some chains' fitted covariance is "
+            "singular (fewer training points than dimensions, or variance lost to rounding)."
+        )
+    if finding.log_det_slope is None:
+        return
+    text = f"log det Σ changes by {_fmt(finding.log_det_slope)} per generation"
+    if finding.log_det_slope_theory is not None:
+        text += f" (theory {_fmt(finding.log_det_slope_theory)})"
+    if finding.log_det_slope < 0:
+        factor = _fmt(np.exp(finding.log_det_slope))
+        text += f": the fitted law's volume shrinks by a factor {factor} a generation"
+    if finding.verdict == "collapsing" and late_slope is not None:
+        text += (
+            f", still {_fmt(np.exp(late_slope))} a generation over the second half: the mean "
+            "trace holds, yet the typical chain degenerates (some directions die out)"
+        )
+    finding.sentences.append(text + ".")
+
+
+def _other_metrics(finding: ArmFinding, by_metric: dict[str, pd.DataFrame], first_gen: int) -> None:
+    """First -> last of every other metric; a diversity-like one decides a missing verdict."""
     others = []
     for metric, g in by_metric.items():
         if metric in {"trace_ratio", "log_det_change", "mean_error_sq"}:
@@ -206,9 +220,8 @@ def arm_finding(arm: str, rows: pd.DataFrame) -> ArmFinding:
                 f"{int(g['generation'].iloc[0])}'s."
             )
     if others:
-        first_gen = int(rows["generation"].min())
+        T = finding.generations
         finding.sentences.append(f"Generation {first_gen} → {T}: " + "; ".join(others) + ".")
-    return finding
 
 
 def departures(

@@ -1,16 +1,23 @@
-"""Per-metric figures: the mean over replicates with a 5-95% band, and the theory curve."""
+"""Per-metric figures: the mean over replicates with a 5-95% band, and the theory curve.
+
+Figures are built with :class:`matplotlib.figure.Figure` (no pyplot, so no global figure state)
+and written through :func:`madloop.storage.atomic_path`: a reader never sees half a PNG.
+"""
 
 from __future__ import annotations
 
+import io
 import os
+import time
 from pathlib import Path
+from typing import Any
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from madloop.storage import RunDir, atomic_path
 
 LOG_SCALE = {"trace_ratio", "mean_error_sq", "kl_divergence", "wasserstein2"}
 LABELS = {
@@ -22,7 +29,23 @@ LABELS = {
 }
 
 
-def plot_metric(summary: pd.DataFrame, metric: str, ax: plt.Axes) -> None:
+def save_figure(fig: Figure, path: str | os.PathLike, **savefig: Any) -> Path:
+    """Write ``fig`` to ``path`` atomically (the format from the suffix); returns the path."""
+    path = Path(path)
+    with atomic_path(path, suffix=path.suffix) as tmp:
+        fig.savefig(tmp, **savefig)
+    return path
+
+
+def figure_png(fig: Figure, dpi: int = 100) -> bytes:
+    """``fig`` as PNG bytes (for inlining in a page)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def plot_metric(summary: pd.DataFrame, metric: str, ax: Axes) -> None:
+    """One metric of a summary table on ``ax``: per arm the mean, the 5-95% band, theory dashed."""
     rows = summary[summary["metric"] == metric]
     for i, (arm, g) in enumerate(rows.groupby("arm", sort=False)):
         g = g.sort_values("generation")
@@ -43,21 +66,33 @@ def plot_metric(summary: pd.DataFrame, metric: str, ax: plt.Axes) -> None:
     ax.grid(alpha=0.3)
 
 
+def metric_figure(summary: pd.DataFrame, metric: str) -> Figure:
+    """The figure of one metric as it is written to a run's ``plots/{metric}.png``."""
+    fig = Figure(figsize=(6.4, 4.0), dpi=110)
+    ax = fig.add_subplot()
+    plot_metric(summary, metric, ax)
+    ax.set_title(f"{metric}: mean, 5-95% band, theory dashed", fontsize=10)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
 def plot_metrics(summary: pd.DataFrame, out: str | os.PathLike) -> list[Path]:
     """One PNG per metric under ``out``; returns the paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for metric in summary["metric"].unique():
-        fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
-        plot_metric(summary, metric, ax)
-        ax.set_title(f"{metric}: mean, 5-95% band, theory dashed", fontsize=10)
-        ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        path = out / f"{metric}.png"
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-        fig.savefig(tmp)
-        os.replace(tmp, path)
-        plt.close(fig)
-        paths.append(path)
-    return paths
+    return [
+        save_figure(metric_figure(summary, metric), out / f"{metric}.png")
+        for metric in summary["metric"].unique()
+    ]
+
+
+def write_run_plots(run_dir: str | os.PathLike) -> dict[str, float]:
+    """Draw a run directory's ``plots/{metric}.png`` from its ``summary.csv``.
+
+    Returns ``{"plots": seconds}``, for the manifest's ``timings_s``.
+    """
+    run = RunDir(run_dir)
+    t0 = time.perf_counter()
+    plot_metrics(run.read_summary(), run.plots)
+    return {"plots": round(time.perf_counter() - t0, 4)}

@@ -100,6 +100,18 @@ class RunDir:
     def read_manifest(self) -> dict[str, Any]:
         return read_json(self.manifest)
 
+    def read_summary(self) -> Any:
+        """summary.csv as a DataFrame (pandas is imported here, not with this module)."""
+        import pandas as pd
+
+        return pd.read_csv(self.summary)
+
+    def read_metrics(self) -> Any:
+        """metrics.parquet, the long table, as a DataFrame."""
+        import pandas as pd
+
+        return pd.read_parquet(self.metrics)
+
 
 @dataclass(frozen=True)
 class SweepDir:
@@ -131,3 +143,20 @@ class SweepDir:
         """The sweep's base config as given (``config`` in sweep.json)."""
         base = self.read_meta().get("config")
         return base if isinstance(base, dict) else {}
+
+    def grid(self) -> dict[str, list[Any]]:
+        """The swept keys and their values, in the sweep's order (``grid`` in sweep.json)."""
+        grid = self.read_meta().get("grid")
+        return grid if isinstance(grid, dict) else {}
+
+    def read_results(self) -> Any:
+        """results.parquet as a DataFrame (pandas is imported here, not with this module)."""
+        import pandas as pd
+
+        return pd.read_parquet(self.results)
+
+    def read_theory(self) -> Any:
+        """theory.parquet as a DataFrame, or None when the sweep has no closed form."""
+        import pandas as pd
+
+        return pd.read_parquet(self.theory) if self.theory.exists() else None
