@@ -337,7 +337,7 @@ def test_config_mismatch_is_a_checkpoint_error(tmp_path) -> None:
 
 
 def test_a_run_directory_in_use_is_refused(tmp_path) -> None:
-    from madloop.checkpoint import RunLock
+    from madloop.storage.lock import DirectoryLock as RunLock
 
     with RunLock(tmp_path):
         with pytest.raises(ConfigError, match=f"another madloop run \\(pid {os.getpid()}\\)"):

@@ -64,7 +64,7 @@ def test_a_second_sweep_on_a_directory_in_use_is_refused(tmp_path):
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
     assert second.returncode == 2, second.stderr
-    assert "in use by another madloop process" in second.stderr
+    assert "being written by another madloop sweep" in second.stderr
     assert f"pid {first.pid}" in second.stderr
     assert "Traceback" not in second.stderr
     with DirectoryLock(out, what="sweep"):  # free again once the holder is gone

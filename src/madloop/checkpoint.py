@@ -41,7 +41,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
 import shutil
 import zlib
@@ -60,6 +59,7 @@ from madloop.state import (  # noqa: F401  (re-exported: the batch encoders live
     encode_dataclass,
     encode_kept,
 )
+from madloop.storage import write_atomic
 
 FORMAT = 2  # 2: any engine's state, one file per state group; records hold every label's
 Log = Callable[[str], None]
@@ -72,14 +72,6 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _write(path: Path, data: bytes, *, fsync: bool = True) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        if fsync:
-            fh.flush()
-            os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 _LAYOUT = "__layout__/"
@@ -249,7 +241,7 @@ class ArmCheckpoints:
         self.records_dir.mkdir(parents=True, exist_ok=True)
         name = f"gen{records[0].generation:06d}.npz"
         data = npz_bytes(encode_records(records))
-        _write(self.records_dir / name, data, fsync=self.fsync)
+        write_atomic(self.records_dir / name, data, fsync=self.fsync)
         self._record_sha[name] = sha256(data)
 
     def save_record(self, rec: GenerationRecord) -> None:
@@ -267,7 +259,7 @@ class ArmCheckpoints:
         files: dict[str, str] = {}
         for fname, arrays in split_state(engine.get_state()).items():
             data = npz_bytes(arrays)
-            _write(final / fname, data, fsync=self.fsync)
+            write_atomic(final / fname, data, fsync=self.fsync)
             files[fname] = sha256(data)
         records = {f"gen{g:06d}.npz": None for g in range(1, t + 1)}
         missing = [r for r in records if r not in self._record_sha]
@@ -286,7 +278,7 @@ class ArmCheckpoints:
             **self.extra,
         }
         index["index_sha256"] = sha256(_canonical(index))
-        _write(final / "index.json", json.dumps(index, indent=1).encode(), fsync=self.fsync)
+        write_atomic(final / "index.json", json.dumps(index, indent=1).encode(), fsync=self.fsync)
         self._prune()
         return final
 
@@ -406,41 +398,3 @@ def run_has_checkpoints(out: Path) -> bool:
     root = Path(out) / "checkpoints"
     return root.is_dir() and any(root.glob("*/gen*/index.json"))
 
-
-class RunLock:
-    """An exclusive lock on a run directory for as long as a run writes it (``flock``: released
-    by the kernel when the process dies, so a crash never leaves a stale lock)."""
-
-    def __init__(self, out: Path) -> None:
-        self.path = Path(out) / ".madloop.lock"
-        self.fh: Any = None
-
-    def __enter__(self) -> RunLock:
-        import fcntl
-
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.fh = open(self.path, "a+")
-        except OSError as err:
-            raise CheckpointError(
-                f"{self.path.parent} cannot be used as a run directory ({err.strerror or err})"
-            ) from None
-        try:
-            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.fh.seek(0)
-            holder = self.fh.read().strip() or "another process"
-            self.fh.close()
-            raise CheckpointError(
-                f"{self.path.parent} is being written by another madloop run ({holder}); "
-                "wait for it or choose another --out"
-            ) from None
-        self.fh.seek(0)
-        self.fh.truncate()
-        self.fh.write(f"pid {os.getpid()}")
-        self.fh.flush()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.fh is not None:
-            self.fh.close()  # closing releases the lock

@@ -27,6 +27,7 @@ from madloop.loop import Engine, GenerationRecord
 from madloop.storage import write_atomic, write_json, write_parquet
 from madloop.storage.environment import git_commit, versions
 from madloop.storage.layout import MANIFEST, METRICS, PROVENANCE, SUMMARY
+from madloop.storage.lock import DirectoryLock, DirectoryLocked
 from madloop.tables import long_table, provenance_table, summarize
 from madloop.theory import predictions_frame
 
@@ -118,11 +119,9 @@ def run(
         )
     with contextlib.ExitStack() as stack:
         if out is not None:
-            from madloop.checkpoint import CheckpointError, RunLock
-
             try:
-                stack.enter_context(RunLock(out))
-            except CheckpointError as err:
+                stack.enter_context(DirectoryLock(out, what="run"))
+            except DirectoryLocked as err:
                 raise ConfigError([f"--out: {err}"]) from None
             if resume is None:  # a fresh run: old checkpoints must never mix with new ones
                 shutil.rmtree(out / "checkpoints", ignore_errors=True)

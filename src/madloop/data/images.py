@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -28,6 +27,7 @@ from pydantic import Field, model_validator
 
 from madloop.config import DataConfig
 from madloop.data.base import DataSpec, register_source
+from madloop.storage import atomic_path
 from madloop.types import REAL, Points
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -214,9 +214,8 @@ class ImageSource:
         pic = Image.fromarray((grid * 255).round().astype(np.uint8), mode="L")
         pic = pic.resize((pic.width * scale, pic.height * scale), Image.Resampling.NEAREST)
         path = path_stem.with_suffix(".png")
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-        pic.save(tmp, format="PNG")
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".png") as tmp:
+            pic.save(tmp, format="PNG")
         return [path]
 
 

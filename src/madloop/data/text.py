@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
-import os
 import re
 from pathlib import Path
 from typing import Literal
@@ -27,6 +26,7 @@ from pydantic import Field, field_validator, model_validator
 
 from madloop.config import DataConfig
 from madloop.data.base import DataSpec, register_source
+from madloop.storage import write_atomic
 from madloop.types import REAL, Points
 
 UNK = "<unk>"
@@ -297,10 +297,7 @@ def real_tail(
 
 
 def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, text.encode("utf-8"), fsync=False)
 
 
 def source_for(config: TextDataConfig) -> TextSource:

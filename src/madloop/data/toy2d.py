@@ -9,7 +9,6 @@ share) need only that. Labels travel in ``Points.y``.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -19,6 +18,7 @@ from pydantic import Field
 from madloop.config import DataConfig
 from madloop.data.base import DataSpec, register_source
 from madloop.linalg import lower_factor
+from madloop.storage import atomic_path
 from madloop.types import REAL, Points
 
 
@@ -113,9 +113,8 @@ class Toy2DSource:
         fig.suptitle(f"{path_stem.name}: generation {gen} samples (red) over real data", fontsize=9)
         fig.tight_layout()
         path = path_stem.with_suffix(".png")
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-        fig.savefig(tmp)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp)
         plt.close(fig)
         return [path]
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +30,7 @@ import numpy as np
 
 from madloop.metrics.base import MetricSuite, register_suite
 from madloop.metrics.manifold import frechet_between, prdc
+from madloop.storage import write_atomic
 
 if TYPE_CHECKING:  # metrics do not import data at run time
     from madloop.data.images import ImageSource
@@ -104,14 +104,6 @@ def train_feature_net(real: ImageSource) -> FeatureNet:
     return FeatureNet([np.asarray(w) for w in clf.coefs_], [np.asarray(b) for b in clf.intercepts_])
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    # as experiment.write_atomic (metrics may not import experiment): temp file, then rename
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -137,8 +129,8 @@ def feature_net(real: ImageSource, cache_dir: Path | None = None) -> FeatureNet:
     if path is not None:
         buf = io.BytesIO()
         np.savez(buf, checksum=np.asarray(real.checksum), **net.to_arrays())
-        _write_atomic(path, buf.getvalue())
-        _write_atomic(path.with_suffix(".sha256"), (_file_hash(path) + "\n").encode())
+        write_atomic(path, buf.getvalue())
+        write_atomic(path.with_suffix(".sha256"), (_file_hash(path) + "\n").encode())
     return net
 
 

@@ -43,12 +43,12 @@ class DirectoryLock:
             holder = fh.read().strip() or "another process"
             fh.close()
             raise DirectoryLocked(
-                f"{self.path.parent} is in use by another madloop process ({holder}); wait for "
-                f"it to finish or choose another --out"
+                f"{self.path.parent} is being written by another madloop {self.what} ({holder}); "
+                "wait for it or choose another --out"
             ) from None
         fh.seek(0)
         fh.truncate()
-        fh.write(f"{self.what}, pid {os.getpid()}")
+        fh.write(f"pid {os.getpid()}")
         fh.flush()
         self.fh = fh
         return self
