@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -90,3 +91,59 @@ def test_no_progress_bar_for_a_run_that_did_not_start(tmp_path):
     assert refused.exit_code == 2
     assert "already holds the checkpoints" in refused.output
     assert "/3" not in refused.output and "tiny" not in refused.output.split("error")[0]
+
+
+def one_long_task(path: Path, generations: int = 400) -> Path:
+    """A sweep of one task that runs long enough to be killed in the middle."""
+    cfg = {
+        "name": "long",
+        "seed": 5,
+        "generations": generations,
+        "replicates": 40,
+        "data": {"source": "gaussian", "dim": 3},
+        "model": {"family": "gaussian", "mode": "sample"},
+        "loop": {"regime": "fresh-data", "real_size": 20, "synthetic_size": 100},
+        "sweep": {"seeds": 1, "grid": {"sampling.bias": [0.9]}},
+    }
+    path.write_text(to_toml(cfg))
+    return path
+
+
+def test_a_sweep_killed_mid_task_resumes_that_task_from_its_checkpoint(tmp_path):
+    import pandas as pd
+
+    from madloop.sweep import sweep
+
+    config = one_long_task(tmp_path / "long.toml")
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "madloop.cli", "sweep", str(config), "--out", str(out)]
+    proc = subprocess.Popen(
+        [*cmd, "--executor", "serial", "--quiet", "--no-plots"],
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    task_dir = out / "tasks" / "sampling.bias=0.9" / "seed=0"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            done = [int(p.parent.name[3:]) for p in task_dir.glob("checkpoints/*/gen*/index.json")]
+            if done and max(done) >= 60:
+                break
+            assert proc.poll() is None, "the sweep ended before it could be killed"
+            assert time.monotonic() < deadline, "no checkpoint past generation 60 in 120 s"
+            time.sleep(0.01)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (task_dir / "manifest.json").exists()  # killed mid-task
+
+    resumed = sweep(config, out=out, executor="serial")
+    manifest = json.loads((task_dir / "manifest.json").read_text())
+    went_on = manifest["resumed_from"]["base"]
+    assert 60 <= went_on < 400  # it recomputed only the generations after its last checkpoint
+    assert not (task_dir / "checkpoints").exists()  # a finished task keeps no checkpoints
+    fresh = sweep(config, out=tmp_path / "fresh", executor="serial")
+    assert fresh.status == {"sampling.bias=0.9/seed=0": "done"}
+    pd.testing.assert_frame_equal(resumed.results, fresh.results)

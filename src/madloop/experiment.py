@@ -26,7 +26,7 @@ from madloop.galleries import gallery_generations, write_gallery
 from madloop.loop import Engine, GenerationRecord
 from madloop.storage import write_atomic, write_json, write_parquet
 from madloop.storage.environment import git_commit, versions
-from madloop.storage.layout import MANIFEST, METRICS, PROVENANCE, SUMMARY
+from madloop.storage.layout import CACHE, CHECKPOINTS, MANIFEST, METRICS, PROVENANCE, SUMMARY
 from madloop.storage.lock import DirectoryLock, DirectoryLocked
 from madloop.tables import long_table, provenance_table, summarize
 from madloop.theory import predictions_frame
@@ -85,6 +85,7 @@ def run(
     keep_checkpoints: int = 2,
     checkpoint_every: int = 1,
     log: Log | None = None,
+    checkpoints: str | os.PathLike | None = None,
 ) -> RunResult:
     """Run every arm of an experiment; return its tables, and write them to ``out`` if given.
 
@@ -95,7 +96,8 @@ def run(
     recomputed) and gives the numbers of an uninterrupted run, bit for bit; ``resume=False`` (what
     ``madloop run`` passes without ``--resume``) refuses a run directory that already holds
     checkpoints; ``None`` starts afresh, removing them. ``log`` receives notes (resumes,
-    rejected checkpoints, stopped chains).
+    rejected checkpoints, stopped chains). ``checkpoints`` (without ``out``) checkpoints into
+    that folder without writing a run directory: a sweep task's, which resumes mid-task.
     """
     from madloop.checkpoint import run_has_checkpoints
 
@@ -110,6 +112,7 @@ def run(
     log = log or (lambda msg: None)
     started = time.time()
     out = Path(out) if out is not None else None
+    dirs = RunDirs.of(out, checkpoints)
     if out is not None and resume is False and run_has_checkpoints(out):
         raise ConfigError(
             [
@@ -118,25 +121,40 @@ def run(
             ]
         )
     with contextlib.ExitStack() as stack:
-        if out is not None:
+        if dirs.checkpoints is not None:
             try:
-                stack.enter_context(DirectoryLock(out, what="run"))
+                stack.enter_context(DirectoryLock(out or dirs.checkpoints, what="run"))
             except DirectoryLocked as err:
                 raise ConfigError([f"--out: {err}"]) from None
             if resume is None:  # a fresh run: old checkpoints must never mix with new ones
-                shutil.rmtree(out / "checkpoints", ignore_errors=True)
+                shutil.rmtree(dirs.checkpoints, ignore_errors=True)
         result = _run_arms(
-            base, arms, out, started, resume, keep_checkpoints, checkpoint_every, progress, log
+            base, arms, dirs, started, resume, keep_checkpoints, checkpoint_every, progress, log
         )
         if out is not None:
             write_run(result, Path(out))
     return result
 
 
+@dataclass(frozen=True)
+class RunDirs:
+    """Where a run writes: its directory (tables, galleries, the data cache) and its
+    checkpoints (``out/checkpoints``, or a folder of their own for a sweep task)."""
+
+    out: Path | None
+    checkpoints: Path | None
+
+    @classmethod
+    def of(cls, out: Path | None, checkpoints: str | os.PathLike | None) -> RunDirs:
+        if out is not None:
+            return cls(out, out / CHECKPOINTS)
+        return cls(None, Path(checkpoints) if checkpoints is not None else None)
+
+
 def _run_arms(
     base: ExperimentConfig,
     arms: list[Arm],
-    out: Path | None,
+    dirs: RunDirs,
     started: float,
     resume: bool | None,
     keep_checkpoints: int,
@@ -148,7 +166,7 @@ def _run_arms(
     for arm in arms:
         t0 = time.perf_counter()
         engine, records, start = _run_arm(
-            arm, out, resume, keep_checkpoints, checkpoint_every, progress, log
+            arm, dirs, resume, keep_checkpoints, checkpoint_every, progress, log
         )
         modes[arm.name] = "exact" if engine.exact else "sample"
         if resume:
@@ -207,7 +225,7 @@ def assemble_result(
 
 def _run_arm(
     arm: Arm,
-    out: Path | None,
+    dirs: RunDirs,
     resume: bool | None,
     keep: int,
     every: int,
@@ -219,14 +237,15 @@ def _run_arm(
     from madloop.checkpoint import ArmCheckpoints
 
     engine = build_engine(arm)
+    out = dirs.out
     if out is not None and hasattr(engine.real, "cache_dir"):
-        engine.real.cache_dir = out / "cache"  # e.g. the image metrics' feature network
+        engine.real.cache_dir = out / CACHE  # e.g. the image metrics' feature network
     T = arm.config.generations
     records: list[GenerationRecord] = []
     ckpt = None
-    if out is not None:
+    if dirs.checkpoints is not None:
         ckpt = ArmCheckpoints(
-            out / "checkpoints",
+            dirs.checkpoints,
             arm.name,
             arm.config.to_dict(),
             keep=keep,

@@ -34,6 +34,7 @@ columns; ``results.parquet`` is the same table in one file.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import itertools
@@ -66,6 +67,7 @@ from madloop.executors import Executor, TaskResult, make_executor
 from madloop.experiment import run
 from madloop.storage import read_json, write_atomic, write_json, write_parquet
 from madloop.storage.environment import git_commit, versions
+from madloop.storage.layout import CHECKPOINTS
 from madloop.storage.lock import DirectoryLock, DirectoryLocked
 
 #: top-level keys a grid may set besides the tables' fields (seeds come from ``seeds = K``)
@@ -87,6 +89,9 @@ class Task:
     seed: int  # seed index, 0..seeds-1
     task_seed: int  # the config seed this task runs with
     config: dict[str, Any]
+    #: where the task checkpoints each generation while it runs (set by :func:`sweep`): a sweep
+    #: killed mid-task continues the task from there, not from scratch
+    checkpoints: str | None = None
 
     @property
     def label(self) -> str:
@@ -280,14 +285,32 @@ class TaskOutput:
     metrics: pd.DataFrame
     theory: pd.DataFrame
     modes: dict[str, str]
+    resumed_from: dict[str, int] = field(default_factory=dict)  # arm -> generation it went on
 
 
 def run_task(task: Task) -> TaskOutput:
-    """Run one task's config (every arm). Top-level, so every executor can pickle it."""
-    result = run(task.config)
+    """Run one task's config (every arm). Top-level, so every executor can pickle it.
+
+    With ``task.checkpoints`` every arm checkpoints each generation there and continues from
+    its newest checkpoint (bit for bit as an uninterrupted task); checkpoints another config
+    made (the grid's base changed) are discarded and the task starts over."""
+    if task.checkpoints is None:
+        result = run(task.config)
+    else:
+        try:
+            result = run(task.config, checkpoints=task.checkpoints, resume=True)
+        except ConfigError as err:
+            if not any(p.startswith("--resume:") for p in err.problems):
+                raise
+            result = run(task.config, checkpoints=task.checkpoints, resume=None)
     summary = result.summary
     theory = summary.loc[summary["theory"].notna(), THEORY_COLUMNS].reset_index(drop=True)
-    return TaskOutput(result.metrics[METRIC_COLUMNS], theory, dict(result.manifest["modes"]))
+    return TaskOutput(
+        result.metrics[METRIC_COLUMNS],
+        theory,
+        dict(result.manifest["modes"]),
+        dict(result.manifest.get("resumed_from", {})),
+    )
 
 
 # -- the sweep directory --------------------------------------------------------------------------
@@ -322,12 +345,14 @@ def write_task(out: Path, task: Task, result: TaskResult[TaskOutput]) -> None:
         "task_seed": task.task_seed,
         "config": task.config,
         "modes": result.value.modes,
+        "resumed_from": result.value.resumed_from,
         "seconds": round(result.seconds, 4),
         "worker": result.worker,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": versions(),
     }
     write_atomic(where / "manifest.json", json.dumps(manifest, indent=2, default=str))
+    shutil.rmtree(where / CHECKPOINTS, ignore_errors=True)  # finished: no longer needed
 
 
 def _with_keys(frame: pd.DataFrame, task: Task) -> pd.DataFrame:
@@ -508,6 +533,8 @@ def _run_tasks(
     sweep.json now and then (not per task)."""
     by_id = {t.id: t for t in plan_.tasks}
     last_save = time.monotonic()
+    where = {t.id: str((out / "tasks" / t.id / CHECKPOINTS).resolve()) for t in todo}
+    todo = [dataclasses.replace(t, checkpoints=where[t.id]) for t in todo]
     for n, result in enumerate(ex.map(run_task, todo), start=1):
         task = by_id[result.task_id]
         runs[task.id] = {"seconds": round(result.seconds, 4), "worker": result.worker}
