@@ -25,22 +25,30 @@ class StorageFull(OSError):
     """A write failed for lack of space: the message names the file, the space it needed (when
     known) and what is free. Nothing is left under the final name; earlier files are intact."""
 
-    def __init__(self, path: Path, needed: int | None, cause: OSError) -> None:
+    def __init__(self, message: str, path: Path | None = None, needed: int | None = None) -> None:
+        super().__init__(errno.ENOSPC, message)
+        self.path, self.needed = path, needed
+
+    @classmethod
+    def writing(cls, path: Path, needed: int | None) -> StorageFull:
         try:
-            free = shutil.disk_usage(path.parent).free
+            free: int | None = shutil.disk_usage(path.parent).free
         except OSError:
             free = None
         need = f"about {human_bytes(needed)}" if needed is not None else "more space"
         have = f"; {human_bytes(free)} free" if free is not None else ""
-        super().__init__(
-            cause.errno,
+        return cls(
             f"no space left to write {path} (it needs {need}{have}): free some space, then run "
             "the same command again with --resume (a sweep resumes by default)",
+            path,
+            needed,
         )
-        self.path, self.needed, self.free = path, needed, free
 
     def __str__(self) -> str:
         return str(self.strerror)
+
+    def __reduce__(self) -> tuple:  # travels from a worker process intact
+        return (type(self), (self.strerror, self.path, self.needed))
 
 
 def human_bytes(n: float) -> str:
@@ -65,7 +73,7 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
     except OSError as err:
         if err.errno in FULL and not isinstance(err, StorageFull):
             size = tmp.stat().st_size if tmp.exists() else None
-            raise StorageFull(path, size, err) from err
+            raise StorageFull.writing(path, size) from err
         raise
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -81,7 +89,7 @@ def write_atomic(path: str | os.PathLike, data: bytes | str, *, fsync: bool = Tr
         with atomic_path(path) as tmp:
             write_file(tmp, raw, fsync=fsync)
     except StorageFull as err:
-        raise StorageFull(Path(path), len(raw), err) from err
+        raise StorageFull.writing(Path(path), len(raw)) from err
 
 
 def write_file(path: Path, data: bytes, *, fsync: bool) -> None:

@@ -24,6 +24,7 @@ from madloop.executors import Executor, TaskResult, make_executor
 from madloop.experiment import run
 from madloop.storage import read_json, write_atomic, write_json, write_parquet
 from madloop.storage.environment import git_commit, versions
+from madloop.storage.files import StorageFull
 from madloop.storage.layout import CHECKPOINTS
 from madloop.storage.lock import DirectoryLock, DirectoryLocked
 from madloop.sweep.plan import METRIC_COLUMNS, THEORY_COLUMNS, SweepPlan, Task, plan
@@ -294,6 +295,10 @@ def _run_tasks(
         if result.ok:
             write_task(out, task, result)
             status[task.id] = "done"
+        elif (result.error or "").startswith("StorageFull:"):  # no task can finish: stop
+            _write_sweep_json(out, plan_, manifest, status, errors, runs)
+            message = (result.error or "").removeprefix("StorageFull:").strip()
+            raise StorageFull(f"{message} (task {task.id})")
         else:
             status[task.id] = "failed"
             errors[task.id] = result.error or "unknown error"
