@@ -1,0 +1,357 @@
+"""Every key, every type: a seeded mutator over every example config.
+
+Each case takes one of ``examples/*.toml`` (including its ``[[arms]]``, nested tables such as
+``loop.adoption``, ``loop.detector``, ``[[loop.lineages]]`` and ``[sweep]``), picks random keys at
+any depth and, one to three times, replaces a value with one of every TOML type (string, int,
+float incl. nan/inf/-inf, bool, array, array of tables, empty and non-empty table,
+datetime/date/time), deletes a key, misspells a key or adds an unknown one. ``parse`` must either
+accept the result or raise :class:`ConfigError` whose every problem line starts with a field path
+of the config (``model.family: ...``, ``arms[name].sampling.bias: ...``); any other exception, or
+a pydantic message leaking through, fails and prints the mutated config.
+
+A share of the valid mutants of the Gaussian and categorical examples is then run tiny
+(generations = 2, replicates = 2) in-process, and a few through the CLI (``madloop run``).
+
+How many cases run (plain ``random.Random``, seeded per example and chunk: every run tests the
+same cases):
+
+===============================  ===============  ===========
+test                             default          ``CI=true``
+===============================  ===============  ===========
+parse, mutated examples          2,520            7,560
+run, valid mutants (at most)     42               126
+CLI run, valid mutants (at most) 7                21
+===============================  ===============  ===========
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import math
+import os
+import random
+import re
+import tomllib
+import traceback
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from _toml import to_toml
+from madloop.config import TOP_LEVEL, ConfigError, parse
+
+CI = os.environ.get("CI", "").lower() == "true"
+SCALE = 3 if CI else 1
+EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.toml"))
+RAW = {p.stem: tomllib.loads(p.read_text(encoding="utf-8")) for p in EXAMPLES}
+#: examples that run in-process in a second or so (no neural network, no corpus download)
+RUNNABLE = {
+    name
+    for name, raw in RAW.items()
+    if raw.get("data", {}).get("source") in {"gaussian", "categorical"}
+}
+CHUNKS = 3  # test items per example (spread over the xdist workers)
+PER_CHUNK = 60 * SCALE  # 14 examples x 3 chunks x 60 = 2,520 parse cases by default
+RUNS_PER_CHUNK = 1 * SCALE
+CLI_RUNS = 1 * SCALE  # per runnable example
+
+
+# -- values of every TOML type -----------------------------------------------------------------
+def scalar(rng: random.Random) -> Any:
+    return rng.choice(
+        [
+            "",
+            "x",
+            "gaussian",
+            "exact",
+            "sample",
+            "logistic",
+            "fully-synthetic",
+            "1",
+            "nan",
+            "../x",
+            0,
+            1,
+            -1,
+            2,
+            3,
+            7,
+            10**6,
+            2**63 - 1,
+            -(2**63),
+            0.0,
+            0.5,
+            -0.5,
+            1.5,
+            1e300,
+            float("nan"),
+            float("inf"),
+            float("-inf"),
+            True,
+            False,
+            dt.datetime(2024, 1, 2, 3, 4, 5),
+            dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc),
+            dt.date(2024, 1, 2),
+            dt.time(3, 4, 5),
+        ]
+    )
+
+
+def value(rng: random.Random, depth: int = 0) -> Any:
+    """A random TOML value: scalar, array, array of tables or table (empty or not)."""
+    kind = rng.choice(["scalar"] * 4 + ["array", "tables", "table", "empty"])
+    if depth >= 2 or kind == "scalar":
+        return scalar(rng)
+    if kind == "array":
+        return [value(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+    if kind == "tables":
+        return [table(rng, depth + 1) for _ in range(rng.randint(1, 2))]
+    if kind == "empty":
+        return rng.choice([{}, []])
+    return table(rng, depth + 1)
+
+
+KEYS = ["kind", "name", "source", "family", "regime", "bias", "mode", "tpr", "score", "dim", "x"]
+
+
+def table(rng: random.Random, depth: int) -> dict[str, Any]:
+    return {rng.choice(KEYS): value(rng, depth + 1) for _ in range(rng.randint(1, 3))}
+
+
+# -- where to mutate ---------------------------------------------------------------------------
+Path_ = tuple[Any, ...]
+
+
+def tables(node: Any, path: Path_ = ()) -> list[Path_]:
+    """Paths of every table in the config: top level, nested, arms and arrays of tables."""
+    out: list[Path_] = []
+    if isinstance(node, dict):
+        out.append(path)
+        for k, v in node.items():
+            out += tables(v, (*path, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            if isinstance(v, dict):
+                out += tables(v, (*path, i))
+    return out
+
+
+def get(node: Any, path: Path_) -> Any:
+    for p in path:
+        node = node[p]
+    return node
+
+
+def misspell(rng: random.Random, key: str) -> str:
+    if len(key) < 2:
+        return key + "_"
+    i = rng.randrange(len(key))
+    how = rng.choice(["drop", "double", "swap", "case", "suffix"])
+    if how == "drop":
+        return key[:i] + key[i + 1 :]
+    if how == "double":
+        return key[:i] + key[i] + key[i:]
+    if how == "swap" and i + 1 < len(key):
+        return key[:i] + key[i + 1] + key[i] + key[i + 2 :]
+    if how == "case":
+        return key.upper()
+    return key + "s"
+
+
+def mutate(rng: random.Random, cfg: dict[str, Any]) -> str:
+    """One mutation of ``cfg`` in place; returns what it did (for the failure message)."""
+    where = rng.choice(tables(cfg))
+    node = get(cfg, where)
+    how = rng.choice(["replace"] * 5 + ["delete", "misspell", "unknown", "other"])
+    if how == "unknown" or not node:
+        key = rng.choice(["foo", "x_y", "kind", "colour", "seeds", "grid", "mode", "lag"])
+        node[key] = value(rng)
+        return f"add {where}+{key}"
+    key = rng.choice(list(node))
+    if how == "delete":
+        del node[key]
+    elif how == "misspell":
+        node[misspell(rng, str(key))] = node.pop(key)
+    elif how == "other":  # a value of the config found elsewhere: often the right type
+        others = [get(cfg, p) for p in tables(cfg)]
+        pool = [v for t in others for v in t.values()]
+        node[key] = copy.deepcopy(rng.choice(pool))
+    else:
+        node[key] = value(rng)
+    return f"{how} {(*where, key)}"
+
+
+def mutant(example: str, seed: int) -> tuple[dict[str, Any], list[str]]:
+    rng = random.Random(seed)
+    cfg = copy.deepcopy(RAW[example])
+    done = [mutate(rng, cfg) for _ in range(rng.choice([1, 1, 1, 2, 3]))]
+    return cfg, done
+
+
+# -- what an error must look like --------------------------------------------------------------
+_SEG = r"[A-Za-z_][\w-]*(?:\[[^\]]*\])*"
+_PATH = rf"{_SEG}(?:\.{_SEG})*"
+LINE = re.compile(rf"^(?P<arm>arms\[[^\]]*\]\.)?(?P<path>{_PATH}(?: \+ {_PATH})*): \S")
+LEAKS = ("pydantic", "validation error", "Input should", "input should", "Traceback", "<class")
+
+
+def keys_of(cfg: dict[str, Any]) -> set[str]:
+    """Top-level keys an error may start with: the schema's, the config's and its arms'."""
+    heads = set(TOP_LEVEL) | {str(k) for k in cfg}
+    arms = cfg.get("arms")
+    if isinstance(arms, list):
+        for arm in arms:
+            if isinstance(arm, dict):
+                heads |= {str(k).split(".")[0] for k in arm}
+    return heads
+
+
+def bad_lines(cfg: dict[str, Any], problems: list[str]) -> list[str]:
+    """Problem lines that do not start with a field path of ``cfg`` (or that leak internals)."""
+    heads = keys_of(cfg)
+    bad = []
+    for line in problems:
+        m = LINE.match(line) if isinstance(line, str) else None
+        if m is None or any(leak in line for leak in LEAKS):
+            bad.append(repr(line))
+            continue
+        for path in m["path"].split(" + "):
+            head = re.sub(r"\[.*$", "", path.split(".")[0])
+            if head not in heads:
+                bad.append(repr(line))
+    return bad
+
+
+def check(cfg: dict[str, Any]) -> tuple[bool, str | None]:
+    """(valid, why it failed or None)."""
+    try:
+        parse(copy.deepcopy(cfg))
+    except ConfigError as err:
+        if not err.problems:
+            return False, "ConfigError with no problems"
+        bad = bad_lines(cfg, err.problems)
+        return False, (f"problem lines naming no field: {bad}" if bad else None)
+    except Exception:  # noqa: BLE001 - any other exception is what this test looks for
+        return False, traceback.format_exc(limit=-4)
+    return True, None
+
+
+def report(failures: list[str]) -> str:
+    return f"{len(failures)} failing cases; the first ones:\n\n" + "\n\n".join(failures[:5])
+
+
+def seeds(example: str, chunk: int, n: int) -> range:
+    start = zlib.crc32(f"{example}/{chunk}".encode()) * 10_000
+    return range(start, start + n)
+
+
+def tiny(cfg: dict[str, Any]) -> dict[str, Any] | None:
+    """A valid mutant made tiny (2 generations x 2 replicates), or None where it could be large."""
+    out = copy.deepcopy(cfg)
+    out.update(generations=2, replicates=2)
+    out.pop("sweep", None)
+
+    def small(v: Any) -> bool:
+        if isinstance(v, dict):
+            return all(small(x) for k, x in v.items() if k != "seed")
+        if isinstance(v, list):
+            return len(v) <= 50 and all(small(x) for x in v)
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            return True
+        return not math.isfinite(v) or abs(v) <= 2_000
+
+    return out if small({k: v for k, v in out.items() if k != "seed"}) else None
+
+
+# -- the tests ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("chunk", range(CHUNKS))
+@pytest.mark.parametrize("example", sorted(RAW))
+def test_every_mutant_validates_or_names_its_fields(example: str, chunk: int) -> None:
+    failures, valid, total = [], 0, 0
+    for seed in seeds(example, chunk, PER_CHUNK):
+        cfg, done = mutant(example, seed)
+        ok, why = check(cfg)
+        total += 1
+        valid += ok
+        if why is not None:
+            failures.append(f"seed {seed}: {done}\nconfig: {cfg!r}\n{why}")
+    assert not failures, report(failures)
+    assert total == PER_CHUNK and valid < total  # most mutants are invalid; some are not
+
+
+def valid_tiny_mutants(example: str, chunk: int, n: int) -> list[tuple[int, dict[str, Any]]]:
+    """The first ``n`` valid mutants of ``example`` that run tiny (and are still valid so)."""
+    out = []
+    for seed in seeds(example, 1000 + chunk, 400):
+        cfg, _ = mutant(example, seed)
+        small = tiny(cfg)
+        if small is not None and check(small) == (True, None):
+            out.append((seed, small))
+            if len(out) == n:
+                break
+    return out
+
+
+@pytest.mark.parametrize("example", sorted(RUNNABLE))
+def test_valid_mutants_run_tiny(example: str) -> None:
+    from madloop.experiment import run
+
+    cases = valid_tiny_mutants(example, 0, RUNS_PER_CHUNK * CHUNKS)
+    assert cases, f"no valid tiny mutant of {example}"
+    failures = []
+    for seed, cfg in cases:
+        try:
+            res = run(cfg, plots=False)
+        except ConfigError as err:  # a check only the run makes must still name its fields
+            bad = bad_lines(cfg, err.problems)
+            if bad:
+                failures.append(f"seed {seed}: config: {cfg!r}\nlines naming no field: {bad}")
+            continue
+        except Exception:  # noqa: BLE001
+            failures.append(f"seed {seed}: config: {cfg!r}\n{traceback.format_exc(limit=-4)}")
+            continue
+        if res.metrics.empty or set(res.metrics.generation) != {1, 2}:
+            failures.append(f"seed {seed}: config: {cfg!r}\nno metrics for generations 1, 2")
+    assert not failures, report(failures)
+
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("example", sorted(RUNNABLE))
+def test_valid_mutants_run_through_the_cli(tmp_path: Path, example: str) -> None:
+    from madloop.cli import app
+
+    cases = valid_tiny_mutants(example, 7, CLI_RUNS)
+    assert cases, f"no valid tiny mutant of {example}"
+    for seed, cfg in cases:
+        try:
+            text = to_toml(cfg)
+        except TypeError:  # a datetime: the test writer does not write them
+            continue
+        path = tmp_path / f"{seed}.toml"
+        path.write_text(text, encoding="utf-8")
+        out = tmp_path / f"out-{seed}"
+        result = runner.invoke(app, ["run", str(path), "--out", str(out), "-q", "--no-plots"])
+        assert "Traceback" not in result.output, (cfg, result.output)
+        assert result.exception is None or isinstance(result.exception, SystemExit), (
+            cfg,
+            result.exception,
+        )
+        assert result.exit_code in (0, 2), (cfg, result.output)
+        if result.exit_code == 0:
+            assert (out / "metrics.parquet").exists()
+        else:
+            assert result.output.startswith("error: "), result.output
+
+
+# -- regressions: the crashes this fuzzer found --------------------------------------------------
+def _problems(cfg: dict[str, Any]) -> list[str]:
+    with pytest.raises(ConfigError) as err:
+        parse(cfg)
+    assert not bad_lines(cfg, err.value.problems), err.value.problems
+    return err.value.problems
