@@ -15,13 +15,13 @@ A share of the valid mutants of the Gaussian and categorical examples is then ru
 How many cases run (plain ``random.Random``, seeded per example and chunk: every run tests the
 same cases):
 
-===============================  ===============  ===========
-test                             default          ``CI=true``
-===============================  ===============  ===========
-parse, mutated examples          2,520            7,560
-run, valid mutants (at most)     42               126
-CLI run, valid mutants (at most) 7                21
-===============================  ===============  ===========
+===========================  ===============  ===========
+test                         default          ``CI=true``
+===========================  ===============  ===========
+parse, mutated configs       2,700            8,100
+run, valid mutants           30               90
+CLI run, valid mutants       10               30
+===========================  ===============  ===========
 """
 
 from __future__ import annotations
@@ -48,14 +48,27 @@ CI = os.environ.get("CI", "").lower() == "true"
 SCALE = 3 if CI else 1
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.toml"))
 RAW = {p.stem: tomllib.loads(p.read_text(encoding="utf-8")) for p in EXAMPLES}
+#: no example uses the scikit-learn family: mutate one such config too (its ``model.estimator``
+#: and ``model.params`` are looked up in registries of their own)
+RAW["sklearn-gmm"] = {
+    "name": "sklearn-gmm",
+    "generations": 3,
+    "replicates": 2,
+    "data": {"source": "gaussian", "dim": 2},
+    "model": {"family": "sklearn", "estimator": "gmm", "params": {"n_components": 2}},
+    "sampling": {"bias": 0.9},
+    "loop": {"regime": "fully-synthetic", "synthetic_size": 50},
+    "arms": [{"name": "kde", "model": {"estimator": "kde", "params": {}}, "sampling": {"bias": 1}}],
+}
 #: examples that run in-process in a second or so (no neural network, no corpus download)
 RUNNABLE = {
     name
     for name, raw in RAW.items()
     if raw.get("data", {}).get("source") in {"gaussian", "categorical"}
+    and raw.get("model", {}).get("family") in {"gaussian", "categorical"}
 }
 CHUNKS = 3  # test items per example (spread over the xdist workers)
-PER_CHUNK = 60 * SCALE  # 14 examples x 3 chunks x 60 = 2,520 parse cases by default
+PER_CHUNK = 60 * SCALE  # 15 configs x 3 chunks x 60 = 2,700 parse cases by default
 RUNS_PER_CHUNK = 1 * SCALE
 CLI_RUNS = 1 * SCALE  # per runnable example
 
@@ -94,7 +107,7 @@ def scalar(rng: random.Random) -> Any:
             True,
             False,
             dt.datetime(2024, 1, 2, 3, 4, 5),
-            dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc),
+            dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
             dt.date(2024, 1, 2),
             dt.time(3, 4, 5),
         ]
@@ -168,7 +181,10 @@ def mutate(rng: random.Random, cfg: dict[str, Any]) -> str:
     node = get(cfg, where)
     how = rng.choice(["replace"] * 5 + ["delete", "misspell", "unknown", "other"])
     if how == "unknown" or not node:
-        key = rng.choice(["foo", "x_y", "kind", "colour", "seeds", "grid", "mode", "lag"])
+        key = rng.choice(
+            ["foo", "x_y", "kind", "colour", "seeds", "grid", "mode", "lag"]
+            + ["family", "source", "regime", "estimator", "score", "name"]  # selectors
+        )
         node[key] = value(rng)
         return f"add {where}+{key}"
     key = rng.choice(list(node))
@@ -226,18 +242,39 @@ def bad_lines(cfg: dict[str, Any], problems: list[str]) -> list[str]:
     return bad
 
 
-def check(cfg: dict[str, Any]) -> tuple[bool, str | None]:
-    """(valid, why it failed or None)."""
+#: what the fuzzer finds inside src/madloop/pool.py (owned by the lead, fixed there): the
+#: regression tests below are strict xfails until then; the fuzz tests count these, not fail
+POOL_KNOWN = [
+    # pool.py WebPoolConfig._adoption: kinds.get(v.get("kind")) on a list or table
+    re.compile(r"^TypeError: unhashable type: '\w+'\n  at \S*pool\.py:\d+ in _adoption\n"),
+    # pool.py WebPool.resolve: `family not in families` on a lineage's model.family list/table
+    re.compile(r"^TypeError: unhashable type: '\w+'\n  at \S*pool\.py:\d+ in resolve\n"),
+    # pool.py WebPoolConfig._adoption words a bad field as pydantic does ("input should be ...")
+    re.compile(r"^.loop\.adoption: \w+: input should be "),  # a repr'd line
+]
+
+
+POOL_WORDING = POOL_KNOWN[2]
+
+
+def check(cfg: dict[str, Any]) -> tuple[bool, str | None, bool]:
+    """(valid, why it failed or None, whether that failure is one of :data:`POOL_KNOWN`)."""
     try:
         parse(copy.deepcopy(cfg))
     except ConfigError as err:
         if not err.problems:
-            return False, "ConfigError with no problems"
+            return False, "ConfigError with no problems", False
         bad = bad_lines(cfg, err.problems)
-        return False, (f"problem lines naming no field: {bad}" if bad else None)
-    except Exception:  # noqa: BLE001 - any other exception is what this test looks for
-        return False, traceback.format_exc(limit=-4)
-    return True, None
+        if not bad:
+            return False, None, False
+        why = f"problem lines naming no field: {bad}"
+        return False, why, all(POOL_WORDING.search(line) for line in bad)
+    except Exception as err:  # noqa: BLE001 - any other exception is what this test looks for
+        frames = [f for f in traceback.extract_tb(err.__traceback__) if "madloop" in f.filename]
+        where = f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
+        why = f"{type(err).__name__}: {err}\n  at {where}\n" + traceback.format_exc(-3)
+        return False, why, any(p.search(why) for p in POOL_KNOWN[:2])
+    return True, None, False
 
 
 def report(failures: list[str]) -> str:
@@ -271,16 +308,19 @@ def tiny(cfg: dict[str, Any]) -> dict[str, Any] | None:
 @pytest.mark.parametrize("chunk", range(CHUNKS))
 @pytest.mark.parametrize("example", sorted(RAW))
 def test_every_mutant_validates_or_names_its_fields(example: str, chunk: int) -> None:
-    failures, valid, total = [], 0, 0
+    failures, valid, total, known = [], 0, 0, 0
     for seed in seeds(example, chunk, PER_CHUNK):
         cfg, done = mutant(example, seed)
-        ok, why = check(cfg)
+        ok, why, in_pool = check(cfg)
         total += 1
         valid += ok
-        if why is not None:
+        if in_pool:
+            known += 1  # see POOL_KNOWN and the xfail regressions below
+        elif why is not None:
             failures.append(f"seed {seed}: {done}\nconfig: {cfg!r}\n{why}")
     assert not failures, report(failures)
     assert total == PER_CHUNK and valid < total  # most mutants are invalid; some are not
+    assert known == 0 or RAW[example]["loop"].get("regime") == "web-pool"
 
 
 def valid_tiny_mutants(example: str, chunk: int, n: int) -> list[tuple[int, dict[str, Any]]]:
@@ -289,7 +329,7 @@ def valid_tiny_mutants(example: str, chunk: int, n: int) -> list[tuple[int, dict
     for seed in seeds(example, 1000 + chunk, 400):
         cfg, _ = mutant(example, seed)
         small = tiny(cfg)
-        if small is not None and check(small) == (True, None):
+        if small is not None and check(small)[0]:
             out.append((seed, small))
             if len(out) == n:
                 break
@@ -355,3 +395,108 @@ def _problems(cfg: dict[str, Any]) -> list[str]:
         parse(cfg)
     assert not bad_lines(cfg, err.value.problems), err.value.problems
     return err.value.problems
+
+
+def test_regression_selector_that_is_a_list() -> None:
+    cfg = copy.deepcopy(RAW["fully-synthetic"])
+    cfg["model"]["family"] = [1]
+    lines = _problems(cfg)
+    assert lines[0].startswith("model.family: must be a string naming a family (one of: ")
+    assert "gaussian" in lines[0] and lines[0].endswith("got [1]"), lines
+
+
+@pytest.mark.parametrize(
+    "section, key, bad",
+    [
+        ("data", "source", [1]),
+        ("data", "source", {"a": 1}),
+        ("loop", "regime", {}),
+        ("loop", "regime", ["fresh-data"]),
+        ("model", "family", {"kind": {}}),
+        ("model", "family", 3),
+        ("model", "family", dt.date(2024, 1, 2)),
+    ],
+)
+def test_regression_every_selector_is_type_checked(section: str, key: str, bad: Any) -> None:
+    cfg = copy.deepcopy(RAW["mad-gaussian"])
+    cfg[section][key] = bad
+    lines = _problems(cfg)
+    assert any(
+        line.startswith(f"{section}.{key}: must be a string naming a {key}") for line in lines
+    )
+    arm = copy.deepcopy(RAW["mad-gaussian"])  # the same in an arm's override
+    arm["arms"][0][section] = {key: bad}
+    lines = _problems(arm)
+    want = f"arms[{arm['arms'][0]['name']}].{section}.{key}: must be a string naming a {key}"
+    assert any(line.startswith(want) for line in lines), lines
+
+
+@pytest.mark.parametrize("bad", [[1], {}, {"a": 1}, 2, ["gmm"]])
+def test_regression_sklearn_estimator_is_type_checked(bad: Any) -> None:
+    cfg = copy.deepcopy(RAW["sklearn-gmm"])
+    cfg["model"]["estimator"] = bad
+    lines = _problems(cfg)
+    assert any(line.startswith("model.estimator: must be a string") for line in lines), lines
+
+
+def test_regression_list_items_are_named_by_index() -> None:
+    cfg = copy.deepcopy(RAW["fresh-data"])
+    cfg["loop"]["synthetic_size"] = [50, "x", 3.5]
+    cfg["data"]["mean"] = [0.0, "a"]
+    lines = _problems(cfg)
+    assert any(line.startswith("loop.synthetic_size[1]: must be an integer") for line in lines)
+    assert any(line.startswith("data.mean[1]: must be a number") for line in lines), lines
+    text = copy.deepcopy(RAW["text-ngram"])
+    text["data"]["plays"] = ["hamlet", 1.5]
+    assert _problems(text)[0].startswith("data.plays[1]: must be a string"), _problems(text)
+
+
+def test_regression_lineage_fields_are_named() -> None:
+    cfg = copy.deepcopy(RAW["web-pool"])
+    cfg["loop"]["lineages"][1]["lag"] = "soon"
+    del cfg["loop"]["lineages"][0]["name"]
+    lines = _problems(cfg)
+    assert "loop.lineages[0].name: required" in lines, lines
+    assert any(line.startswith("loop.lineages[1].lag: must be an integer") for line in lines)
+
+
+def test_regression_training_size_names_both_fields() -> None:
+    cfg = copy.deepcopy(RAW["accumulate-subsample"])
+    cfg["loop"]["synthetic_size"] = [20, 0]
+    cfg["loop"]["real_size"] = 0
+    cfg["loop"]["initial_real_size"] = 20
+    cfg["model"]["mode"] = "sample"
+    lines = _problems(cfg)
+    assert any(
+        line.startswith("loop.real_size + loop.synthetic_size: must give >= 2") for line in lines
+    ), lines
+
+
+POOL_XFAIL = pytest.mark.xfail(strict=True, reason="fixed in pool config by the lead")
+
+
+@POOL_XFAIL
+@pytest.mark.parametrize("kind", [{}, [1], {"a": 1}])
+def test_regression_web_pool_adoption_kind_table(kind: Any) -> None:
+    cfg = copy.deepcopy(RAW["web-pool"])
+    cfg["loop"]["adoption"] = {"kind": kind}
+    lines = _problems(cfg)
+    assert any(line.startswith("loop.adoption: ") for line in lines), lines
+
+
+@POOL_XFAIL
+def test_regression_web_pool_lineage_family_list() -> None:
+    cfg = copy.deepcopy(RAW["web-pool"])
+    cfg["loop"]["lineages"][0]["model"] = {"family": [1]}
+    lines = _problems(cfg)
+    assert any(
+        line.startswith("loop.lineages[open].model.family: must be a string") for line in lines
+    )
+
+
+@POOL_XFAIL
+def test_regression_web_pool_adoption_fields_in_plain_words() -> None:
+    cfg = copy.deepcopy(RAW["web-pool"])
+    cfg["loop"]["adoption"]["ceiling"] = "high"
+    lines = _problems(cfg)
+    assert any(line.startswith("loop.adoption.ceiling: must be a number") for line in lines), lines

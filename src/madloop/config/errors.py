@@ -20,7 +20,6 @@ class ConfigError(ValueError):
         super().__init__("\n".join(problems))
 
 
-
 def suggest(key: str, options: Iterable[str]) -> str:
     match = difflib.get_close_matches(key, list(options), n=1, cutoff=0.5)
     return f"; did you mean '{match[0]}'?" if match else ""
@@ -140,4 +139,3 @@ def owner_of(cls: type[BaseModel], loc: tuple) -> type[BaseModel]:
                 cls = option
                 break
     return cls
-

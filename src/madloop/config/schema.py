@@ -220,4 +220,3 @@ def make_regime(loop: LoopConfig) -> Regime:
     cls = REGIMES[loop.regime]
     params = loop.model_dump(exclude={"regime"})
     return cls(**params)
-
