@@ -10,7 +10,8 @@ of the config (``model.family: ...``, ``arms[name].sampling.bias: ...``); any ot
 a pydantic message leaking through, fails and prints the mutated config.
 
 A share of the valid mutants of the Gaussian and categorical examples is then run tiny
-(generations = 2, replicates = 2) in-process, and a few through the CLI (``madloop run``).
+(generations = 2, replicates = 2) in-process, and a few through the CLI (``madloop run``), with
+a few invalid ones that must exit with status 2 and ``error:`` lines naming fields.
 
 How many cases run (plain ``random.Random``, seeded per example and chunk: every run tests the
 same cases):
@@ -21,6 +22,7 @@ test                         default          ``CI=true``
 parse, mutated configs       2,700            8,100
 run, valid mutants           30               90
 CLI run, valid mutants       10               30
+CLI run, invalid mutants     10               30
 ===========================  ===============  ===========
 """
 
@@ -366,13 +368,14 @@ runner = CliRunner()
 def test_valid_mutants_run_through_the_cli(tmp_path: Path, example: str) -> None:
     from madloop.cli import app
 
-    cases = valid_tiny_mutants(example, 7, CLI_RUNS)
-    assert cases, f"no valid tiny mutant of {example}"
-    for seed, cfg in cases:
+    written = []
+    for seed, cfg in valid_tiny_mutants(example, 7, 5 * CLI_RUNS):
         try:
-            text = to_toml(cfg)
+            written.append((seed, cfg, to_toml(cfg)))
         except TypeError:  # a datetime: the test writer does not write them
             continue
+    assert written, f"no valid tiny mutant of {example} to write"
+    for seed, cfg, text in written[:CLI_RUNS]:
         path = tmp_path / f"{seed}.toml"
         path.write_text(text, encoding="utf-8")
         out = tmp_path / f"out-{seed}"
@@ -387,6 +390,34 @@ def test_valid_mutants_run_through_the_cli(tmp_path: Path, example: str) -> None
             assert (out / "metrics.parquet").exists()
         else:
             assert result.output.startswith("error: "), result.output
+
+
+@pytest.mark.parametrize("example", sorted(RUNNABLE))
+def test_invalid_mutants_exit_2_through_the_cli(tmp_path: Path, example: str) -> None:
+    from madloop.cli import app
+
+    done = 0
+    for seed in seeds(example, 2000, 40):
+        cfg, _ = mutant(example, seed)
+        ok, why, in_pool = check(cfg)
+        if ok or in_pool:
+            continue
+        try:
+            text = to_toml(cfg)
+        except TypeError:  # a datetime: the test writer does not write them
+            continue
+        path = tmp_path / f"{seed}.toml"
+        path.write_text(text, encoding="utf-8")
+        result = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "o"), "-q"])
+        assert "Traceback" not in result.output, (cfg, result.output)
+        assert isinstance(result.exception, SystemExit), (cfg, result.exception)
+        assert result.exit_code == 2, (cfg, result.output)
+        errors = [line.removeprefix("error: ") for line in result.output.splitlines()]
+        assert errors and not bad_lines(cfg, [e for e in errors if e]), (cfg, result.output)
+        done += 1
+        if done == CLI_RUNS:
+            break
+    assert done == CLI_RUNS
 
 
 # -- regressions: the crashes this fuzzer found --------------------------------------------------
