@@ -17,6 +17,8 @@
   generation and replicate figure with the bytes a record holds (5 metrics + train size +
   provenance counts, 8 bytes each).
 
+Each run has an interpreter of its own (so its RSS is not what an earlier run left allocated).
+
 Usage: python benchmarks/soak.py [--generations 10000] [--replicates 200]
        [--sample-generations 1000] [--quick]
 """
@@ -24,8 +26,12 @@ Usage: python benchmarks/soak.py [--generations 10000] [--replicates 200]
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import resource
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 
@@ -65,6 +71,7 @@ class Soak:
     wall_s: float
     cpu_s: float
     nonfinite: dict[str, int]
+    first_nonfinite: dict[str, int]  # metric -> the first generation with a non-finite value
     log_det_mean: float
     log_det_theory: float
     log_det_se: float
@@ -105,6 +112,7 @@ def soak(mode: str, generations: int, replicates: int, *, mark: int | None = Non
     values = res.metrics
     bad = values[~np.isfinite(values.value.to_numpy())]
     nonfinite = {m: int((bad.metric == m).sum()) for m in sorted(values.metric.unique())}
+    first = {str(m): int(g) for m, g in bad.groupby("metric").generation.min().items()}
     last = res.summary[
         (res.summary.generation == generations) & (res.summary.metric == "log_det_change")
     ].iloc[0]
@@ -115,6 +123,7 @@ def soak(mode: str, generations: int, replicates: int, *, mark: int | None = Non
         wall,
         cpu,
         nonfinite,
+        first,
         float(last["mean"]),
         float(last["theory"]),
         float(last["std_error"]),
@@ -133,7 +142,8 @@ def show(s: Soak) -> str:
         f"wall time            {s.wall_s:8.1f} s   (CPU {s.cpu_s:.1f} s; load average {load})",
         "non-finite values    "
         + ", ".join(f"{m} {k}" for m, k in s.nonfinite.items())
-        + f"   (of {s.generations * s.replicates:,} each)",
+        + f"   (of {s.generations * s.replicates:,} each)"
+        + "".join(f"; {m} from generation {g:,}" for m, g in s.first_nonfinite.items()),
         f"log det, last gen.   mean {s.log_det_mean:.3f}, theory {s.log_det_theory:.3f}, "
         f"SE {s.log_det_se:.3f}: {s.log_det_z:+.2f} SE",
         f"RSS                  {s.rss_mark / mib:.1f} MiB at generation {s.mark:,}, "
@@ -143,19 +153,40 @@ def show(s: Soak) -> str:
     return "\n".join(lines)
 
 
+def soak_in_subprocess(
+    mode: str, generations: int, replicates: int, *, mark: int | None = None
+) -> Soak:
+    """:func:`soak` in a fresh interpreter, so that its RSS is its own (not what an earlier run
+    in this process left allocated)."""
+    cmd = [sys.executable, __file__, "--one", mode, str(generations), str(replicates)]
+    cmd += [str(mark or 0)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr}")
+    fields = json.loads(done.stdout.strip().splitlines()[-1])
+    fields["load"] = tuple(fields["load"])
+    return Soak(**fields)
+
+
 def main(argv: list[str] | None = None) -> list[Soak]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--generations", type=int, default=10_000)
     p.add_argument("--replicates", type=int, default=200)
     p.add_argument("--sample-generations", type=int, default=1_000)
     p.add_argument("--quick", action="store_true", help="1,000 / 100 generations")
+    p.add_argument("--one", nargs=4, help=argparse.SUPPRESS)  # MODE T R MARK: one run, as JSON
     a = p.parse_args(argv)
+    if a.one:
+        mode, gens, reps, mark = a.one
+        s = soak(mode, int(gens), int(reps), mark=int(mark) or None)
+        print(json.dumps(dataclasses.asdict(s)))
+        return [s]
     if a.quick:
         a.generations, a.sample_generations = 1_000, 100
     out: list[Soak] = []
     print(f"load average before: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for mode, gens in (("exact", a.generations), ("sample", a.sample_generations)):
-        out.append(soak(mode, gens, a.replicates))
+        out.append(soak_in_subprocess(mode, gens, a.replicates))
         print(show(out[-1]), flush=True)
     return out
 

@@ -23,7 +23,7 @@ K = 4.0  # standard errors
 @pytest.mark.slow
 @pytest.mark.parametrize("mode, generations", [("exact", 2_000), ("sample", 200)])
 def test_long_run_is_finite_on_theory_and_flat_in_memory(mode: str, generations: int) -> None:
-    s = soak.soak(mode, generations, 50, mark=generations // 5)
+    s = soak.soak_in_subprocess(mode, generations, 50, mark=generations // 5)
     report = soak.show(s)
     # n = 100 > d = 10: every fitted covariance is full rank, every metric finite
     assert set(s.nonfinite) >= {"log_det_change", "mean_error_sq", "trace_ratio"}, report
