@@ -4,6 +4,7 @@ the fix (``loop.synthetic_size: must be >= 1, got -5``)."""
 from __future__ import annotations
 
 import difflib
+import re
 import typing
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -17,7 +18,6 @@ class ConfigError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("\n".join(problems))
-
 
 
 def suggest(key: str, options: Iterable[str]) -> str:
@@ -38,6 +38,14 @@ _PLAIN = {  # pydantic error type -> the plain phrase we print
     "list_type": "must be a list",
     "dict_type": "must be a table",
     "model_type": "must be a table",
+    "model_attributes_type": "must be a table",
+    "missing": "required",
+    "string_too_short": "must not be empty",
+    "list_type_mismatch": "must be a list",
+    "tuple_type": "must be a list",
+    "set_type": "must be a list",
+    "none_required": "must not be given",
+    "int_too_big": "must be an integer of at most 64 bits",
 }
 _BOUNDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
 
@@ -63,15 +71,8 @@ def format_errors(prefix: str, err: ValidationError, cls: type[BaseModel]) -> li
     shown_for: dict[str, str] = {}
     lines: list[str] = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-after",)))
-        # union members show up as extra location parts: keep the field path only
-        loc = ".".join(
-            p
-            for p in loc.split(".")
-            if p not in {"int", "list[int]", "float", "list[float]", "str", "list[list[float]]"}
-            and not p.startswith(("literal[", "function"))
-        )
-        where = f"{prefix}.{loc}" if loc else prefix
+        loc = field_path(e["loc"])
+        where = f"{prefix}{'' if loc.startswith('[') else '.'}{loc}" if loc else prefix
         if e["type"] == "extra_forbidden":
             key = str(e["loc"][-1])
             owner = owner_of(cls, e["loc"][:-1])  # a nested table names its own keys
@@ -107,6 +108,27 @@ def format_errors(prefix: str, err: ValidationError, cls: type[BaseModel]) -> li
     return sorted(set(out), key=out.index)
 
 
+#: the parts of a pydantic error location that name a type, not a field: the members of a union
+#: (``int``, ``list[int]``, ``literal['a']``, ``function-after[...]``, ``LogisticAdoption``)
+_TYPE_PART = re.compile(
+    r"(int|float|str|bool|none|bytes|dict|list|any)"
+    r"|[a-z][a-z-]*\[.*\]"
+    r"|(?:[A-Z][a-z0-9]+){2,}"
+)
+
+
+def field_path(loc: Iterable[Any]) -> str:
+    """A pydantic error location as the config names it: ``lineages[0].name``, ``mean[2]``
+    (list items as ``[i]``, union members and validator names left out)."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not _TYPE_PART.fullmatch(str(part)):
+            out += f".{part}" if out else str(part)
+    return out
+
+
 def owner_of(cls: type[BaseModel], loc: tuple) -> type[BaseModel]:
     """The model class that holds the field at ``loc`` (for nested tables; else ``cls``)."""
     for part in loc:
@@ -117,4 +139,3 @@ def owner_of(cls: type[BaseModel], loc: tuple) -> type[BaseModel]:
                 cls = option
                 break
     return cls
-

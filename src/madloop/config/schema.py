@@ -75,6 +75,12 @@ def validate_section(
     if choice is None:
         problems.append(f"{name}.{key}: required (one of: {', '.join(sorted(registry))})")
         return None
+    if not isinstance(choice, str):  # before the lookup: a list or a table is not hashable
+        problems.append(
+            f"{name}.{key}: must be a string naming a {key} "
+            f"(one of: {', '.join(sorted(registry))}), got {choice!r}"
+        )
+        return None
     if choice not in registry:
         problems.append(
             f"{name}.{key}: unknown {key} {choice!r}{suggest(str(choice), registry)} "
@@ -198,7 +204,9 @@ def loop_problems(loop: LoopConfig, model: ModelConfig | None) -> list[str]:
     for t in range(2, horizon + 1):
         size = regime.training_size(t)
         if size < minimum:
-            field = "loop.synthetic_size" if synthetic_only else "loop.real_size + synthetic_size"
+            field = "loop.synthetic_size"
+            if not synthetic_only:
+                field = "loop.real_size + loop.synthetic_size"
             problems.append(f"{field}: {need}, got {size} at generation {t}")
             break
     if own is not None:
@@ -210,4 +218,3 @@ def make_regime(loop: LoopConfig) -> Regime:
     cls = REGIMES[loop.regime]
     params = loop.model_dump(exclude={"regime"})
     return cls(**params)
-
