@@ -107,7 +107,7 @@ def soak(mode: str, generations: int, replicates: int, *, mark: int | None = Non
             rss[generation] = rss_bytes()
 
     t0, c0 = time.perf_counter(), time.process_time()
-    res = run(config(mode, generations, replicates), plots=False, progress=progress)
+    res = run(config(mode, generations, replicates), progress=progress)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     values = res.metrics
     bad = values[~np.isfinite(values.value.to_numpy())]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import signal
@@ -128,7 +129,8 @@ def test_a_sweep_killed_mid_task_resumes_that_task_from_its_checkpoint(tmp_path)
     deadline = time.monotonic() + 120
     try:
         while True:
-            done = [int(p.parent.name[3:]) for p in task_dir.glob("checkpoints/*/gen*/index.json")]
+            found = glob.glob(f"{task_dir}/checkpoints/*/gen*/index.json")  # races the writer
+            done = [int(Path(p).parent.name[3:]) for p in found]
             if done and max(done) >= 60:
                 break
             assert proc.poll() is None, "the sweep ended before it could be killed"

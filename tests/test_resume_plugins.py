@@ -13,6 +13,7 @@ What is not on this branch yet is skipped, with the reason.
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import json
 import os
@@ -88,7 +89,8 @@ def _sweep(cfg: Path, out: Path) -> subprocess.Popen:
 def _done_tasks(out: Path) -> list[Path]:
     """Finished tasks' metrics files: a task's manifest is written last, with status "done"."""
     done = []
-    for manifest in (out / "tasks").rglob("manifest.json"):
+    # glob.glob, not Path.rglob: a running task's checkpoint folders come and go mid-walk
+    for manifest in map(Path, glob.glob(f"{out}/tasks/**/manifest.json", recursive=True)):
         try:
             ok = json.loads(manifest.read_text()).get("status") == "done"
         except (OSError, ValueError):  # being written

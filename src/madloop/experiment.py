@@ -28,7 +28,7 @@ from madloop.storage import write_atomic, write_json, write_parquet
 from madloop.storage.environment import git_commit, versions
 from madloop.storage.layout import CACHE, CHECKPOINTS, MANIFEST, METRICS, PROVENANCE, SUMMARY
 from madloop.storage.lock import DirectoryLock, DirectoryLocked
-from madloop.tables import long_table, provenance_table, summarize
+from madloop.tables import RecordColumns, summarize
 from madloop.theory import predictions_frame
 
 
@@ -165,32 +165,21 @@ def _run_arms(
     frames, prov, timings, modes, resumed, failures = [], [], {}, {}, {}, []
     for arm in arms:
         t0 = time.perf_counter()
-        engine, records, start = _run_arm(
+        engine, columns, start = _run_arm(
             arm, dirs, resume, keep_checkpoints, checkpoint_every, progress, log
         )
         modes[arm.name] = "exact" if engine.exact else "sample"
         if resume:
             resumed[arm.name] = start
-        sources = getattr(engine, "source_names", None)  # the pool names its lineages
         for label in engine.labels:
-            recs = [rec for rec in records if rec.arm == label]
-            failures += _failures(label, recs)
-            frames.append(long_table(label, recs))
-            prov.append(provenance_table(label, recs, sources))
+            failures += columns[label].failures()
+            frames.append(columns[label].long_table())
+            prov.append(columns[label].provenance_table())
         timings[arm.name] = round(time.perf_counter() - t0, 4)
     extra: dict[str, Any] = {"failures": failures}
     if resume:
         extra["resumed_from"] = resumed
     return assemble_result(base, arms, frames, prov, modes, timings, started, extra)
-
-
-def _failures(label: str, records: list[GenerationRecord]) -> list[dict[str, Any]]:
-    """The manifest's lines for the chains of one label that stopped, by replicate."""
-    stops = [(r, rec.generation, why) for rec in records for r, why in rec.failures.items()]
-    return [
-        {"arm": label, "generation": g, "replicate": r, "reason": why}
-        for r, g, why in sorted(stops, key=lambda s: s[0])
-    ]
 
 
 def assemble_result(
@@ -231,9 +220,10 @@ def _run_arm(
     every: int,
     progress: Progress | None,
     log: Log,
-) -> tuple[Engine, list[GenerationRecord], int]:
+) -> tuple[Engine, dict[str, RecordColumns], int]:
     """One arm, on the engine its regime names: restore it from its checkpoints if asked, run
-    what is left, checkpoint it every ``every`` generations and write its galleries."""
+    what is left, checkpoint it every ``every`` generations and write its galleries. Its
+    records are kept column-wise per label (memory stays flat over a long run)."""
     from madloop.checkpoint import ArmCheckpoints
 
     engine = build_engine(arm)
@@ -241,7 +231,8 @@ def _run_arm(
     if out is not None and hasattr(engine.real, "cache_dir"):
         engine.real.cache_dir = out / CACHE  # e.g. the image metrics' feature network
     T = arm.config.generations
-    records: list[GenerationRecord] = []
+    sources = getattr(engine, "source_names", None)  # the pool names its lineages
+    columns = {label: RecordColumns(label, T, sources) for label in engine.labels}
     ckpt = None
     if dirs.checkpoints is not None:
         ckpt = ArmCheckpoints(
@@ -259,13 +250,14 @@ def _run_arm(
         )
         ckpt = None
     if ckpt is not None and resume:
-        records = _restore(arm, engine, ckpt, progress, log)
+        for rec in _restore(arm, engine, ckpt, progress, log):
+            columns[rec.arm].add(rec)
     start = engine.generation
     while engine.generation < T and engine.stopped is None:
         recs = engine.step()
         t = engine.generation
-        records += recs
         for rec in recs:
+            columns[rec.arm].add(rec)
             for r, why in rec.failures.items():
                 log(f"arm '{rec.arm}': chain {r} stopped at generation {t}: {why}")
         if out is not None and t in gallery_generations(T):
@@ -277,7 +269,7 @@ def _run_arm(
                 ckpt.save(engine, finished=last)
         if progress is not None:
             progress(arm.name, t, T)
-    return engine, records, start
+    return engine, columns, start
 
 
 def _restore(

@@ -49,24 +49,110 @@ def provenance_table(
     codes (default: real / synthetic). Extra key parts after the origin are columns named by
     the record's ``provenance_columns``."""
     names = SOURCE_NAMES if sources is None else sources
+    return pd.DataFrame([row for rec in records for row in provenance_rows(arm, rec, names)])
+
+
+def provenance_rows(arm: str, rec: Any, names: dict[int, str]) -> list[dict[str, Any]]:
+    """One record's rows of the provenance table (see :func:`provenance_table`)."""
+    extra = getattr(rec, "provenance_columns", ())  # e.g. the pool's "published"
     rows = []
-    for rec in records:
-        extra = getattr(rec, "provenance_columns", ())  # e.g. the pool's "published"
-        for (source, origin, *more), counts in sorted(rec.provenance.items()):
-            counts = np.asarray(counts)
-            rows.append(
+    for (source, origin, *more), counts in sorted(rec.provenance.items()):
+        counts = np.asarray(counts)
+        rows.append(
+            {
+                "arm": arm,
+                "generation": rec.generation,
+                "source": names.get(source, str(source)),
+                "origin_generation": origin,
+                **dict(zip(extra, more, strict=True)),
+                "count_mean": float(np.mean(counts)),
+                "count_min": int(np.min(counts)),
+                "count_max": int(np.max(counts)),
+            }
+        )
+    return rows
+
+
+class RecordColumns:
+    """One label's records, kept column-wise as a run goes: metric values in arrays allocated
+    once for every generation (so memory stays flat over a long run instead of growing by a
+    small object per generation and metric), provenance reduced to its table rows, failures as
+    lines. :meth:`long_table`, :meth:`provenance_table` and :meth:`failures` give what the
+    functions of this module give for the list of records."""
+
+    def __init__(
+        self, label: str, generations: int, sources: dict[int, str] | None = None
+    ) -> None:
+        self.label = label
+        self.capacity = max(int(generations), 1)
+        self.sources = SOURCE_NAMES if sources is None else sources
+        self.generations: list[int] = []
+        self.values: dict[str, np.ndarray] = {}  # metric -> (capacity, R)
+        self.order: list[tuple[str, ...]] = []  # the metric names of each generation, in order
+        self.provenance_rows: list[dict[str, Any]] = []
+        self.stops: list[tuple[int, int, str]] = []  # (replicate, generation, why)
+
+    def add(self, rec: Any) -> None:
+        i = len(self.generations)
+        if i == self.capacity:  # more generations than announced (a resume asking for more)
+            self.capacity *= 2
+            for name, arr in self.values.items():
+                grown = np.full((self.capacity, arr.shape[1]), np.nan)
+                grown[:i] = arr[:i]
+                self.values[name] = grown
+        self.generations.append(rec.generation)
+        names = tuple(rec.metrics)
+        self.order.append(self.order[-1] if self.order and self.order[-1] == names else names)
+        for name, v in rec.metrics.items():
+            v = np.asarray(v, dtype=float).reshape(-1)
+            if name not in self.values:
+                self.values[name] = np.full((self.capacity, v.size), np.nan)
+            self.values[name][i] = v
+        self.provenance_rows += provenance_rows(self.label, rec, self.sources)
+        self.stops += [(r, rec.generation, why) for r, why in rec.failures.items()]
+
+    def long_table(self) -> pd.DataFrame:
+        """As :func:`long_table` of the records, row for row."""
+        if not self.generations or not any(self.order):
+            return pd.DataFrame(columns=METRIC_COLUMNS)
+        G = len(self.generations)
+        gens = np.asarray(self.generations)
+        names = self.order[0]
+        same = len(set(self.order)) == 1 and len({self.values[n].shape[1] for n in names}) == 1
+        if same:  # the usual case: the same metrics, of R chains each, every generation
+            block = np.stack([self.values[n][:G] for n in names], axis=1)  # (G, M, R)
+            R = block.shape[2]
+            return pd.DataFrame(
                 {
-                    "arm": arm,
-                    "generation": rec.generation,
-                    "source": names.get(source, str(source)),
-                    "origin_generation": origin,
-                    **dict(zip(extra, more, strict=True)),
-                    "count_mean": float(np.mean(counts)),
-                    "count_min": int(np.min(counts)),
-                    "count_max": int(np.max(counts)),
+                    "arm": self.label,
+                    "generation": np.repeat(gens, len(names) * R),
+                    "replicate": np.tile(np.arange(R), G * len(names)),
+                    "metric": np.tile(np.repeat(np.array(names, dtype=object), R), G),
+                    "value": block.reshape(-1),
                 }
             )
-    return pd.DataFrame(rows)
+        rows = [
+            _Row(g, {n: self.values[n][i] for n in names})
+            for i, (g, names) in enumerate(zip(self.generations, self.order, strict=True))
+        ]
+        return long_table(self.label, rows)
+
+    def provenance_table(self) -> pd.DataFrame:
+        return pd.DataFrame(self.provenance_rows)
+
+    def failures(self) -> list[dict[str, Any]]:
+        """The manifest's lines for the chains that stopped, by replicate."""
+        return [
+            {"arm": self.label, "generation": g, "replicate": r, "reason": why}
+            for r, g, why in sorted(self.stops, key=lambda s: s[0])
+        ]
+
+
+class _Row:
+    """A generation's metrics, shaped as a record for :func:`long_table`."""
+
+    def __init__(self, generation: int, metrics: dict[str, np.ndarray]) -> None:
+        self.generation, self.metrics = generation, metrics
 
 
 def summarize(

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from madloop.config import LoopConfig, Section
+from madloop.config.errors import field_path
 from madloop.pool.curation import SCORERS
 
 Share = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -125,7 +126,8 @@ class WebPoolConfig(LoopConfig):
             "logistic": LogisticAdoption,
         }
         if isinstance(v, Mapping):
-            table = kinds.get(v.get("kind"))
+            kind = v.get("kind")
+            table = kinds.get(kind) if isinstance(kind, str) else None
             if table is None:
                 raise ValueError(
                     f"adoption: kind must be one of {', '.join(kinds)}, got {v.get('kind')!r} "
@@ -136,7 +138,7 @@ class WebPoolConfig(LoopConfig):
             except ValidationError as err:
                 lines = []
                 for e in err.errors():
-                    key = ".".join(str(p) for p in e["loc"])
+                    key = field_path(e["loc"])
                     if e["type"] == "extra_forbidden":
                         valid = ", ".join(sorted(table.model_fields))
                         lines.append(f"unknown key {key!r} (valid: {valid})")

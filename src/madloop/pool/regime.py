@@ -88,7 +88,11 @@ class WebPool(Regime):
                 raw = deep_merge(raw, over)
             cfg: ModelConfig | None = None
             family = raw.get("family")
-            if family not in families:
+            if not isinstance(family, str):
+                msg = f"{where}.model.family: must be a string naming a family (one of: "
+                msg += f"{', '.join(sorted(families))}), got {family!r}"
+                _collect(problems, msg)
+            elif family not in families:
                 msg = f"{where}.model.family: unknown family {family!r} (available: "
                 msg += f"{', '.join(sorted(families))})"
                 _collect(problems, msg)
