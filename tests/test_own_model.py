@@ -63,7 +63,8 @@ def test_run_gives_sample_metrics_bit_identical():
 
 
 def test_wrong_key_is_a_config_error_naming_it():
-    with pytest.raises(madloop.ConfigError, match=r"model\.shrnk: unknown key; did you mean 'shrink'"):
+    wrong = r"model\.shrnk: unknown key; did you mean 'shrink'"
+    with pytest.raises(madloop.ConfigError, match=wrong):
         madloop.run(config(shrnk=0.5))
     with pytest.raises(madloop.ConfigError, match=r"model\.shrink: must be a number"):
         madloop.run(config(shrink="lots"))
@@ -73,7 +74,7 @@ def test_model_ignoring_rng_is_stopped_or_warned():
     with pytest.raises(madloop.ConfigError, match="ignores rng.*np.random.*check_rng = false"):
         madloop.run(config("sloppy"))
     with pytest.warns(RuntimeWarning, match="ignores rng"):
-        madloop.run(config("sloppy", check_rng=False, **{}) | {"generations": 1})
+        madloop.run(config("sloppy", check_rng=False) | {"generations": 1})
 
 
 def test_no_metric_is_said_not_an_empty_table():
@@ -112,7 +113,8 @@ class KDE:
 madloop.register_family("nbkde", KDE)
 CONFIG = {"name": "nb", "generations": 2, "replicates": 2,
           "data": {"source": "gaussian", "dim": 2}, "model": {"family": "nbkde"},
-          "loop": {"synthetic_size": 50}, "sweep": {"seeds": 2, "grid": {"model.bandwidth": [0.1, 0.3]}}}
+          "loop": {"synthetic_size": 50},
+          "sweep": {"seeds": 2, "grid": {"model.bandwidth": [0.1, 0.3]}}}
 
 if __name__ == "__main__":
     import sys
