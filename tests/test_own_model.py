@@ -154,9 +154,11 @@ def test_sweep_local_pool_with_factory_in_main(tmp_path):
 def test_sweep_on_ray(tmp_path, monkeypatch):
     pytest.importorskip("ray")
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    from madloop.sweep import sweep  # madloop.sweep is the package once it is imported
+
     cfg = config(shrink=0.8) | {"generations": 2, "sweep": {"seeds": 2}}
-    ray = madloop.sweep(cfg, out=tmp_path / "ray", executor="ray", workers=1)
-    serial = madloop.sweep(cfg, out=tmp_path / "serial", executor="serial")
+    ray = sweep(cfg, out=tmp_path / "ray", executor="ray", workers=1)
+    serial = sweep(cfg, out=tmp_path / "serial", executor="serial")
     assert not ray.errors, ray.errors
     assert SAMPLE_METRICS <= set(ray.results["metric"])
     key = [c for c in ray.results.columns if c != "value"]
