@@ -15,6 +15,9 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "ConfigError": "madloop.experiment",
     "ExperimentConfig": "madloop.experiment",
+    "FitFailed": "madloop.models.base",
+    "Model": "madloop.models.contract",
+    "register_family": "madloop.models.contract",
     "RunResult": "madloop.experiment",
     "run": "madloop.experiment",
     "SweepResult": "madloop.sweep",
@@ -27,6 +30,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ loads t
     from madloop.experiment import ExperimentConfig as ExperimentConfig
     from madloop.experiment import RunResult as RunResult
     from madloop.experiment import run as run
+    from madloop.models.base import FitFailed as FitFailed
+    from madloop.models.contract import Model as Model
+    from madloop.models.contract import register_family as register_family
     from madloop.sweep import SweepResult as SweepResult
     from madloop.sweep import sweep as sweep
 

@@ -67,3 +67,17 @@ def exact_mode(model_config: Any, regime: Any, model: Any = None, real: Any = No
     """Whether an arm runs on sufficient statistics: the config asks for it and
     :func:`exact_capable` holds. The one place this is decided for single-chain arms."""
     return exact_requested(model_config) and exact_capable(regime, model, real)
+
+
+@runtime_checkable
+class LogProb(Protocol):
+    """``log_prob(X) -> (n,)`` log-densities (the held-out likelihood metric)."""
+
+    def log_prob(self, X: Any) -> Any: ...
+
+
+@runtime_checkable
+class ScoreSamples(Protocol):
+    """scikit-learn's spelling of :class:`LogProb`."""
+
+    def score_samples(self, X: Any) -> Any: ...

@@ -93,6 +93,29 @@ def progress_bar(quiet: bool) -> LazyProgress:
 ConfigArg = Annotated[Path, typer.Argument(help="Experiment config (TOML).", show_default=False)]
 
 
+ImportOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--import",
+        help="A Python file or module that registers your own families (madloop.register_family)"
+        "; repeatable. A config never names code.",
+    ),
+]
+
+
+def import_user_code(targets: list[str] | None) -> None:
+    """Import each ``--import`` file or module (its registrations), or fail naming it."""
+    if not targets:
+        return
+    from madloop.models.contract import import_user_code as load
+
+    try:
+        for target in targets:
+            load(target)
+    except ConfigError as e:
+        fail(e.problems)
+
+
 @app.command("run")
 def run_cmd(
     config: ConfigArg,
@@ -114,12 +137,14 @@ def run_cmd(
         bool, typer.Option("--dry-run", help="Print the memory and disk estimate and exit.")
     ] = False,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip plots/.")] = False,
+    imports: ImportOpt = None,
 ) -> None:
     """Run every arm of CONFIG and write metrics.parquet, summary.csv, manifest.json, plots/."""
     from madloop import resources
     from madloop.config import parse
     from madloop.experiment import run
 
+    import_user_code(imports)
     try:
         base, arms = parse(config, seed=seed, generations=generations, replicates=replicates)
     except ConfigError as e:
@@ -280,10 +305,11 @@ def demo_cmd(
 
 
 @app.command("validate")
-def validate_cmd(config: ConfigArg) -> None:
+def validate_cmd(config: ConfigArg, imports: ImportOpt = None) -> None:
     """Check CONFIG and list its arms without running anything."""
     from madloop.config import parse
 
+    import_user_code(imports)
     try:
         _, arms = parse(config)
     except ConfigError as e:
@@ -334,6 +360,7 @@ def sweep_cmd(
     ] = None,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Phase diagrams.")] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    imports: ImportOpt = None,
 ) -> None:
     """Run the grid x seeds of CONFIG's sweep table; write results.parquet, theory.parquet,
     sweep.json, tasks/ (one Parquet file per task) and plots/ (phase diagrams).
@@ -341,6 +368,7 @@ def sweep_cmd(
     from madloop.executors import EXECUTORS
     from madloop.sweep import plan, sweep
 
+    import_user_code(imports)
     kind = executor or ("ray" if address else "local")
     if kind not in EXECUTORS:
         fail([f"--executor: unknown executor {kind!r} (available: {', '.join(EXECUTORS)})"])

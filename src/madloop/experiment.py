@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,8 +246,9 @@ def _run_arm(
         )
     if ckpt is not None and not engine.checkpointable:
         log(
-            f"arm '{arm.name}': family '{arm.config.model.family}' has no get_state(); "
-            "not checkpointed"
+            f"arm '{arm.name}': family '{arm.config.model.family}' has no get_state() / "
+            "set_state(); not checkpointed"
+            + (", so --resume restarts this arm from generation 1" if resume else "")
         )
         ckpt = None
     if ckpt is not None and resume:
@@ -256,6 +258,8 @@ def _run_arm(
     while engine.generation < T and engine.stopped is None:
         recs = engine.step()
         t = engine.generation
+        if t == 1 and start == 0:
+            _say_if_unmeasured(arm, recs, log)
         for rec in recs:
             columns[rec.arm].add(rec)
             for r, why in rec.failures.items():
@@ -270,6 +274,21 @@ def _run_arm(
         if progress is not None:
             progress(arm.name, t, T)
     return engine, columns, start
+
+
+def _say_if_unmeasured(arm: Arm, recs: list[GenerationRecord], log: Log) -> None:
+    """No metric suite measured generation 1: say so (a table of provenance only is no result)."""
+    if any(rec.metrics for rec in recs) or any(rec.failures for rec in recs):
+        return
+    cfg = arm.config
+    message = (
+        f"arm '{arm.name}': no metric applies to family '{cfg.model.family}' on data "
+        f"'{cfg.data.source}' (its samples are not real-valued vectors, and it has no moments(), "
+        "log_prob() or a suite of its own); summary.csv will hold no metrics. See "
+        "docs/own-model.md for what each capability measures"
+    )
+    log(message)
+    warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
 def _restore(

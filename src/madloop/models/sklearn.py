@@ -20,13 +20,14 @@ generation and silently tie the chain together.
 from __future__ import annotations
 
 import difflib
+import inspect
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self
 
 import numpy as np
-from pydantic import ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from madloop.config import DataConfig, ModelConfig
 from madloop.linalg import lower_factor
@@ -72,7 +73,7 @@ def make_estimator(name: str, params: dict[str, Any]) -> Any:
     if bad:
         raise ValueError(f"{bad[0]}: set by madloop from the run's seed each generation; remove it")
     est = spec.factory()
-    valid = est.get_params(deep=False)
+    valid = _parameters(est)
     for key in params:
         if key not in valid:
             hint = difflib.get_close_matches(key, list(valid), n=1)
@@ -81,14 +82,27 @@ def make_estimator(name: str, params: dict[str, Any]) -> Any:
                 + (f"; did you mean '{hint[0]}'?" if hint else "")
                 + f" (valid: {', '.join(sorted(set(valid) - spec.reserved))})"
             )
-    est.set_params(**params)
+    if hasattr(est, "set_params"):
+        est.set_params(**params)
+    else:  # a plain class: its constructor takes the parameters
+        try:
+            est = spec.factory(**params)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"params: {type(est).__name__}({params}) failed: {e}") from None
     validate = getattr(est, "_validate_params", None)
-    if validate is not None:
+    if validate is not None and hasattr(est, "_parameter_constraints"):
         try:
             validate()  # scikit-learn's declarative constraints
         except (ValueError, TypeError) as e:
             name = re.search(r"'(\w+)' parameter", str(e))
             raise ValueError(f"{name.group(1) if name else 'params'}: {e}") from None
+    if spec.sampler is None and not _takes(est.sample, "rng") and "random_state" not in valid:
+        raise ValueError(
+            f"estimator '{spec.name}': {type(est).__name__}.sample takes no rng and the class no "
+            "random_state, so madloop cannot seed its draws (runs would not repeat); give "
+            "sample(n, *, bias, rng) an rng argument, register a sampler in its EstimatorSpec, or "
+            "use madloop.register_family(name, cls) (see docs/own-model.md)"
+        )
     if spec.check is not None:
         why = spec.check(params)
         if why:
@@ -96,10 +110,27 @@ def make_estimator(name: str, params: dict[str, Any]) -> Any:
     return est
 
 
+def _parameters(est: Any) -> dict[str, Any]:
+    """The constructor parameters: scikit-learn's ``get_params``, else the signature."""
+    if hasattr(est, "get_params"):
+        return dict(est.get_params(deep=False))
+    sig = inspect.signature(type(est))
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {p.name: p.default for p in sig.parameters.values() if p.kind in kinds}
+
+
+def _takes(method: Any, name: str) -> bool:
+    try:
+        return name in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 class SklearnConfig(ModelConfig):
     family: Literal["sklearn"] = "sklearn"
     estimator: str = "gmm"  # a registered short name: gmm, bgmm, kde, or an installed one
-    params: dict[str, Any] = {}  # the estimator's own parameters (validated by it)
+    # the estimator's own parameters (validated by it, defaults too)
+    params: dict[str, Any] = Field(default_factory=dict, validate_default=True)
     bias_on: Literal["covariance", "weights", "both"] = "covariance"  # mixtures only
 
     @field_validator("estimator")
@@ -124,7 +155,9 @@ class SklearnConfig(ModelConfig):
 
     def bias_problem(self, bias: float) -> str | None:
         why = super().bias_problem(bias)
-        if why is None and bias != 1.0 and ESTIMATORS[self.estimator].sampler is None:
+        spec = ESTIMATORS[self.estimator]
+        biased = spec.sampler is not None or _takes(getattr(spec.factory, "sample", None), "bias")
+        if why is None and bias != 1.0 and not biased:
             return f"must be 1 for estimator '{self.estimator}' (it has no biased sampler)"
         return why
 
@@ -263,12 +296,18 @@ class SklearnModel:
         self.fitted_ = False
 
     def _reseed(self, rng: np.random.Generator) -> None:
-        if "random_state" in self.estimator.get_params(deep=False):
-            self.estimator.set_params(random_state=_seed(rng))
+        if "random_state" in _parameters(self.estimator):
+            if hasattr(self.estimator, "set_params"):
+                self.estimator.set_params(random_state=_seed(rng))
+            else:
+                self.estimator.random_state = _seed(rng)
 
     def fit(self, X: np.ndarray, y: None = None, *, rng: np.random.Generator) -> Self:
         self._reseed(rng)
-        self.estimator.fit(np.asarray(X, dtype=float))
+        if _takes(self.estimator.fit, "rng"):
+            self.estimator.fit(np.asarray(X, dtype=float), rng=rng)
+        else:
+            self.estimator.fit(np.asarray(X, dtype=float))
         self.fitted_ = True
         return self
 
@@ -277,6 +316,10 @@ class SklearnModel:
             raise NotFittedError(f"{type(self.estimator).__name__} is not fitted yet: call fit")
         if self.spec.sampler is not None:
             return self.spec.sampler(self.estimator, n, bias, self.bias_on, rng)
+        if _takes(self.estimator.sample, "rng"):  # a plain class that follows madloop.Model
+            extra = {"bias": bias} if _takes(self.estimator.sample, "bias") else {}
+            out = self.estimator.sample(n, rng=rng, **extra)
+            return np.asarray(out[0] if isinstance(out, tuple) else out)
         if bias != 1.0:
             raise ValueError(f"estimator '{self.spec.name}' has no biased sampler: bias must be 1")
         self._reseed(rng)
@@ -295,6 +338,8 @@ class SklearnModel:
             return {}
         if self.spec.get_state is not None:
             return self.spec.get_state(self.estimator)
+        if hasattr(self.estimator, "get_state"):  # a plain class with its own state
+            return dict(self.estimator.get_state())
         out = {}
         for key, value in vars(self.estimator).items():
             if key.endswith("_") and not key.startswith("_"):
@@ -308,6 +353,8 @@ class SklearnModel:
             return
         if self.spec.set_state is not None:
             self.spec.set_state(self.estimator, state)
+        elif hasattr(self.estimator, "set_state"):
+            self.estimator.set_state(state)
         else:
             for key, value in state.items():
                 arr = np.asarray(value)
@@ -333,9 +380,16 @@ class MomentChains(SklearnChains):
         return mean, factor
 
 
-def _build(config: SklearnConfig, *, replicates: int, real: object) -> SklearnChains:
+class SampledChains(SklearnChains):
+    """Chains of an estimator without known moments: the sample-based metrics measure them."""
+
+    sample_metrics = True
+
+
+def _build(config: SklearnConfig, *, replicates: int, real: object) -> PerReplicate:
     spec = ESTIMATORS[config.estimator]
-    cls = MomentChains if spec.moments is not None else SklearnChains
+    scored = hasattr(spec.factory, "score_samples")  # else no held-out likelihood metric
+    cls = MomentChains if spec.moments is not None else SampledChains if scored else PerReplicate
     params = dict(config.params)
     return cls(lambda: SklearnModel(config.estimator, params, bias_on=config.bias_on), replicates)
 

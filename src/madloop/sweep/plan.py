@@ -47,6 +47,9 @@ class Task:
     #: where the task checkpoints each generation while it runs (set by :func:`sweep`): a sweep
     #: killed mid-task continues the task from there, not from scratch
     checkpoints: str | None = None
+    #: the user-registered families (madloop.register_family), pickled by value for a worker
+    #: that lacks them (a notebook's or a script's ``__main__``); set by :func:`sweep`
+    families: bytes | None = field(default=None, repr=False)
 
     @property
     def label(self) -> str:

@@ -47,7 +47,11 @@ def run_task(task: Task) -> TaskOutput:
 
     With ``task.checkpoints`` every arm checkpoints each generation there and continues from
     its newest checkpoint (bit for bit as an uninterrupted task); checkpoints another config
-    made (the grid's base changed) are discarded and the task starts over."""
+    made (the grid's base changed) are discarded and the task starts over. The families the
+    driver registered with :func:`madloop.register_family` are registered here first."""
+    from madloop.models.contract import install_registrations
+
+    install_registrations(task.families)
     if task.checkpoints is None:
         result = run(task.config)
     else:
@@ -288,7 +292,10 @@ def _run_tasks(
     by_id = {t.id: t for t in plan_.tasks}
     last_save = time.monotonic()
     where = {t.id: str((out / "tasks" / t.id / CHECKPOINTS).resolve()) for t in todo}
-    todo = [dataclasses.replace(t, checkpoints=where[t.id]) for t in todo]
+    from madloop.models.contract import registrations_payload
+
+    families = registrations_payload()  # user families travel with each task, by value
+    todo = [dataclasses.replace(t, checkpoints=where[t.id], families=families) for t in todo]
     for n, result in enumerate(ex.map(run_task, todo), start=1):
         task = by_id[result.task_id]
         runs[task.id] = {"seconds": round(result.seconds, 4), "worker": result.worker}
