@@ -32,7 +32,7 @@ import time
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from madloop.executors import LocalExecutor, RayExecutor  # noqa: E402
-from madloop.sweep import plan, run_task  # noqa: E402
+from madloop.sweeps import plan, run_task  # noqa: E402
 
 
 def config(tasks: int, generations: int) -> dict:

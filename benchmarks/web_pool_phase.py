@@ -4,7 +4,7 @@ Expands the config's ``[sweep]`` grid (adoption x detector TPR) x seeds into tas
 with ``madloop.experiment.run`` on a local process pool, and draws the phase diagram of the mean
 error at the last generation with the theory's boundaries (``madloop.pool.phase_boundary`` for
 2x the fresh-data level, ``madloop.theory.pool.critical_tpr`` for unbounded growth). Prints the
-wall time against the 5-minute budget. When ``madloop.sweep`` (issue 6) is installed, also times
+wall time against the 5-minute budget. When ``madloop.sweeps`` (issue 6) is installed, also times
 ``madloop sweep`` on the same config.
 
     python benchmarks/web_pool_phase.py [--workers 2] [--out runs/web-pool-phase]
@@ -139,7 +139,7 @@ def main() -> None:
     print(f"theory boundaries (60 adoption values): {theory_s:.1f} s")
     verdict = "within" if wall + theory_s < BUDGET_S else "OVER"
     print(f"total {wall + theory_s:.1f} s: {verdict} the {BUDGET_S:.0f} s budget; plot: {path}")
-    if importlib.util.find_spec("madloop.sweep") is not None and not args.no_sweep_cli:
+    if importlib.util.find_spec("madloop.sweeps") is not None and not args.no_sweep_cli:
         t2 = time.perf_counter()
         res = subprocess.run(
             [sys.executable, "-m", "madloop.cli", "sweep", args.config, "--out",

@@ -41,7 +41,7 @@ LAYERS = {
     "madloop.resources": 4,
     "madloop.experiment": 5,
     "madloop.executors": 6,
-    "madloop.sweep": 6,
+    "madloop.sweeps": 6,
     "madloop.demo": 7,
     "madloop.cli": 7,
     "madloop.report": 1,  # reads run directories: storage and tables, never the loop

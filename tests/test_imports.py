@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-LOOP_MODULES = ("madloop.loop", "madloop.experiment", "madloop.sweep", "madloop.pool",
+LOOP_MODULES = ("madloop.loop", "madloop.experiment", "madloop.sweeps", "madloop.pool",
                 "madloop.checkpoint")  # fmt: skip
 HEAVY = ("pandas", "matplotlib", "scipy", "torch")
 
@@ -41,3 +41,13 @@ def test_import_madloop_is_light():
     loaded = loaded_after("import madloop")
     assert "madloop" in loaded
     assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
+
+
+def test_top_level_functions_are_not_shadowed_by_subpackages():
+    """``madloop.sweep`` is the function even once the package that defines it is imported."""
+    code = (
+        "import madloop.sweeps, madloop\n"
+        "assert callable(madloop.sweep) and callable(madloop.run), madloop.sweep\n"
+        "assert madloop.sweep.__module__ == 'madloop.sweeps.runner'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -154,7 +154,7 @@ def test_sweep_local_pool_with_factory_in_main(tmp_path):
 def test_sweep_on_ray(tmp_path, monkeypatch):
     pytest.importorskip("ray")
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
-    from madloop.sweep import sweep  # madloop.sweep is the package once it is imported
+    from madloop.sweeps import sweep  # madloop.sweeps is the package once it is imported
 
     cfg = config(shrink=0.8) | {"generations": 2, "sweep": {"seeds": 2}}
     ray = sweep(cfg, out=tmp_path / "ray", executor="ray", workers=1)

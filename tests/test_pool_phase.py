@@ -71,8 +71,8 @@ def test_phase_plot_helper_draws_cells_and_boundaries(tmp_path):
 
 def test_phase_example_runs_as_a_sweep(tmp_path):
     pytest.importorskip(
-        "madloop.sweep",
-        reason="madloop.sweep (issue 6, `madloop sweep`) is not on this branch yet",
+        "madloop.sweeps",
+        reason="madloop.sweeps (issue 6, `madloop sweep`) is not on this branch yet",
     )
     from typer.testing import CliRunner
 

@@ -113,7 +113,7 @@ def one_long_task(path: Path, generations: int = 400) -> Path:
 def test_a_sweep_killed_mid_task_resumes_that_task_from_its_checkpoint(tmp_path):
     import pandas as pd
 
-    from madloop.sweep import sweep
+    from madloop.sweeps import sweep
 
     config = one_long_task(tmp_path / "long.toml")
     out = tmp_path / "sweep"

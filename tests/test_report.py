@@ -113,7 +113,7 @@ def _set(config: dict, dotted: str, value) -> None:
 
 def _fake_sweep(out: Path) -> Path:
     """A sweep directory by the contract (results.parquet, theory.parquet, sweep.json), each task
-    a real `run` of the grid point, for branches without `madloop.sweep`."""
+    a real `run` of the grid point, for branches without `madloop.sweeps`."""
     results, theory, tasks = [], [], []
     for values in itertools.product(*GRID.values()):
         for seed in SEEDS:
@@ -167,7 +167,7 @@ def _real_sweep(out: Path) -> Path:
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sweep") / "phase"
-    if importlib.util.find_spec("madloop.sweep") is not None:
+    if importlib.util.find_spec("madloop.sweeps") is not None:
         return _real_sweep(out)
     return _fake_sweep(out)
 
@@ -499,7 +499,7 @@ def test_report_reads_directories_not_the_loop():
     for name in ("html.py", "parts.py", "gallery.py", "findings.py", "phase.py", "plots.py"):
         path = ROOT / "src" / "madloop" / "report" / name
         source = path.read_text()
-        for module in ("madloop.loop", "madloop.experiment", "madloop.sweep"):
+        for module in ("madloop.loop", "madloop.experiment", "madloop.sweeps"):
             assert module not in source, f"{path.name} imports {module}"
 
 

@@ -132,7 +132,7 @@ def test_write_run_plots_draws_what_a_run_draws(tmp_path):
 
 
 def test_write_sweep_plots_draws_what_a_sweep_draws(tmp_path):
-    sweep = pytest.importorskip("madloop.sweep").sweep
+    sweep = pytest.importorskip("madloop.sweeps").sweep
     cfg = {
         "name": "tiny", "seed": 11, "generations": 3, "replicates": 3,
         "data": {"source": "gaussian", "dim": 2}, "model": {"family": "gaussian", "mode": "exact"},

@@ -62,7 +62,7 @@ seeds = 2
 
 
 def _sweep_available() -> bool:
-    return importlib.util.find_spec("madloop.sweep") is not None
+    return importlib.util.find_spec("madloop.sweeps") is not None
 
 
 def _sweep(cfg: Path, out: Path) -> subprocess.Popen:
@@ -102,7 +102,7 @@ def _done_tasks(out: Path) -> list[Path]:
 
 @pytest.mark.skipif(
     not _sweep_available(),
-    reason="madloop.sweep is not importable on this branch (issue 6 builds it); this test "
+    reason="madloop.sweeps is not importable on this branch (issue 6 builds it); this test "
     "kills a sweep with SIGKILL and checks the re-run finishes only the missing tasks",
 )
 def test_sigkill_sweep_then_rerun_is_bit_exact(tmp_path: Path) -> None:

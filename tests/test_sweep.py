@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from madloop.cli import app
 from madloop.config import ConfigError
 from madloop.executors import LocalExecutor, RayExecutor, SerialExecutor
-from madloop.sweep import plan, sweep, task_seed
+from madloop.sweeps import plan, sweep, task_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 SORT = ["sampling.bias", "loop.real_size", "seed", "arm", "generation", "replicate", "metric"]

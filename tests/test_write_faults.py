@@ -91,7 +91,7 @@ def test_the_cli_says_the_disk_is_full_without_a_traceback(tmp_path, monkeypatch
 
 
 def test_a_full_disk_in_a_sweep_stops_it_and_the_sweep_resumes(tmp_path, monkeypatch):
-    from madloop.sweep import sweep
+    from madloop.sweeps import sweep
 
     cfg = {**config(4), "sweep": {"seeds": 3}}
     reference = sweep(cfg, out=tmp_path / "reference", executor="serial").results

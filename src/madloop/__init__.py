@@ -20,8 +20,8 @@ _EXPORTS = {
     "register_family": "madloop.models.contract",
     "RunResult": "madloop.experiment",
     "run": "madloop.experiment",
-    "SweepResult": "madloop.sweep",
-    "sweep": "madloop.sweep",
+    "SweepResult": "madloop.sweeps",
+    "sweep": "madloop.sweeps",
 }
 __all__ = sorted(_EXPORTS)
 
@@ -33,8 +33,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ loads t
     from madloop.models.base import FitFailed as FitFailed
     from madloop.models.contract import Model as Model
     from madloop.models.contract import register_family as register_family
-    from madloop.sweep import SweepResult as SweepResult
-    from madloop.sweep import sweep as sweep
+    from madloop.sweeps import SweepResult as SweepResult
+    from madloop.sweeps import sweep as sweep
 
 
 def __getattr__(name: str) -> Any:

@@ -47,6 +47,16 @@ class RendersSamples(Protocol):
     def render_samples(self, points: Any, path_stem: Path) -> list[Path]: ...
 
 
+def satisfies(obj: Any, protocol: type) -> bool:
+    """Whether ``obj`` has every method of ``protocol``, checked on the object itself.
+
+    Used instead of ``isinstance(obj, protocol)``: a runtime-checkable protocol is an ABC, and
+    ABCs cache a class's answer, so a class that gains or loses a method later (a plug-in patched
+    at run time, a test's monkeypatch) would keep the stale answer."""
+    names = [n for n, v in vars(protocol).items() if callable(v) and not n.startswith("_")]
+    return all(callable(getattr(obj, n, None)) for n in names)
+
+
 def exact_requested(model_config: Any) -> bool:
     """Whether ``[model]`` asks for the exact mode (families that have one declare a ``mode``
     field, see :meth:`madloop.config.ModelConfig.requested_mode`)."""
@@ -58,9 +68,9 @@ def exact_capable(regime: Any, model: Any = None, real: Any = None) -> bool:
     given, the built model and real source can draw and fit sufficient statistics."""
     if not getattr(regime, "exact", False):
         return False
-    if model is not None and not isinstance(model, SufficientStatistics):
+    if model is not None and not satisfies(model, SufficientStatistics):
         return False
-    return real is None or isinstance(real, RealStatistics)
+    return real is None or satisfies(real, RealStatistics)
 
 
 def exact_mode(model_config: Any, regime: Any, model: Any = None, real: Any = None) -> bool:

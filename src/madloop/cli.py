@@ -322,7 +322,7 @@ def validate_cmd(config: ConfigArg, imports: ImportOpt = None) -> None:
             f"bias {c.sampling.bias}, {c.generations} generations x {c.replicates} replicates"
         )
     if arms[0].config.sweep is not None:
-        from madloop.sweep import plan
+        from madloop.sweeps import plan
 
         try:
             p = plan(config)
@@ -366,7 +366,7 @@ def sweep_cmd(
     sweep.json, tasks/ (one Parquet file per task) and plots/ (phase diagrams).
     Exit 1 if a task failed."""
     from madloop.executors import EXECUTORS
-    from madloop.sweep import plan, sweep
+    from madloop.sweeps import plan, sweep
 
     import_user_code(imports)
     kind = executor or ("ray" if address else "local")

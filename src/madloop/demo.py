@@ -58,7 +58,7 @@ def gaussian_part(out: Path, *, quick: bool, echo: Echo) -> str:
 
 def phase_part(out: Path, *, quick: bool, echo: Echo) -> str | None:
     config = _examples() / "fresh-data-phase.toml"
-    if importlib.util.find_spec("madloop.sweep") is None:
+    if importlib.util.find_spec("madloop.sweeps") is None:
         return "phase: skipped, `madloop sweep` is not installed in this version"
     if not config.exists():
         return f"phase: skipped, {config.name} is missing"

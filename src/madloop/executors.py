@@ -124,7 +124,7 @@ class LocalExecutor:
         if not tasks:
             return
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["madloop.sweep"])
+        ctx.set_forkserver_preload(["madloop.sweeps"])
         pool = ProcessPoolExecutor(
             max_workers=min(self.workers, len(tasks)),
             mp_context=ctx,

@@ -246,8 +246,8 @@ def _run_arm(
         )
     if ckpt is not None and not engine.checkpointable:
         log(
-            f"arm '{arm.name}': family '{arm.config.model.family}' has no get_state() / "
-            "set_state(); not checkpointed"
+            f"arm '{arm.name}': family '{arm.config.model.family}' has no get_state(); "
+            "not checkpointed"
             + (", so --resume restarts this arm from generation 1" if resume else "")
         )
         ckpt = None

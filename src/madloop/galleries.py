@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from madloop.capabilities import RendersSamples
+from madloop.capabilities import RendersSamples, satisfies
 from madloop.loop import Engine
 from madloop.storage.layout import SAMPLES
 
@@ -22,7 +22,7 @@ def write_gallery(engine: Engine, out: Path) -> list[Path]:
     """Samples of the current generation per label, rendered by the real source when it knows
     how (``render_samples(points, path_stem) -> list[Path]``; image grid, 2-D scatter, text...).
     Files land in ``plots/samples/{label}_gen{t:03d}.*`` (':' of a lineage label as '-')."""
-    if not isinstance(engine.real, RendersSamples):
+    if not satisfies(engine.real, RendersSamples):
         return []
     paths = []
     for label, points in engine.galleries(GALLERY_SIZE).items():

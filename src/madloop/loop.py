@@ -19,7 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from madloop.capabilities import Checkpointable, exact_capable
+from madloop.capabilities import Checkpointable, exact_capable, satisfies
 from madloop.metrics import evaluate
 from madloop.models.base import FitFailed
 from madloop.regimes import Draw, Kept, Regime
@@ -179,7 +179,7 @@ class Loop:
 
     @property
     def checkpointable(self) -> bool:
-        return isinstance(self.model, Checkpointable)
+        return satisfies(self.model, Checkpointable)
 
     # -- one generation -------------------------------------------------------------------------
     def step(self) -> list[GenerationRecord]:

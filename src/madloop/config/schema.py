@@ -39,7 +39,7 @@ class TopLevel(BaseModel):
     replicates: int = Field(1, ge=1, le=1_000_000)
     include_base: bool = True
     arms: list[dict[str, Any]] = Field(default_factory=list)
-    sweep: SweepConfig | None = None  # grid x seeds, run by `madloop sweep` (madloop.sweep)
+    sweep: SweepConfig | None = None  # grid x seeds, run by `madloop sweep` (madloop.sweeps)
 
 
 class ExperimentConfig(TopLevel):

@@ -72,7 +72,7 @@ def flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 class SweepConfig(Section):
     """The ``[sweep]`` table: ``grid`` maps dotted config keys to lists of values (their product
     is the set of points) and ``seeds`` repeats every point that many times. Which keys exist is
-    checked by :mod:`madloop.sweep` against the resolved config."""
+    checked by :mod:`madloop.sweeps` against the resolved config."""
 
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     seeds: int = Field(1, ge=1, le=100_000)

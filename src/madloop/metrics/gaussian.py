@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from madloop.capabilities import Moments
+from madloop.capabilities import Moments, satisfies
 from madloop.linalg import log_det, solve_lower
 from madloop.metrics.base import MetricSuite, register_suite
 
@@ -93,7 +93,7 @@ def _solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _applies(model: Any, real: Any) -> bool:
-    return isinstance(model, Moments) and isinstance(real, Moments)
+    return satisfies(model, Moments) and satisfies(real, Moments)
 
 
 def _compute(model: Any, real: Any, *, rng: np.random.Generator, generation: int):

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from madloop.capabilities import Moments
+from madloop.capabilities import Moments, satisfies
 from madloop.linalg import lower_factor
 from madloop.metrics.base import MetricSuite, register_suite
 from madloop.metrics.gaussian import gaussian_metrics
@@ -58,7 +58,7 @@ def _compute(
         row.update(prdc(ref[r], X[r], k=5))
         rows.append(row)
     out = {k: np.array([row[k] for row in rows]) for k in rows[0]}
-    if not isinstance(model, Moments):
+    if not satisfies(model, Moments):
         mean0, factor0 = real.moments()
         mean = X.mean(axis=1)  # (R, 2)
         cov = np.stack([np.cov(x, rowvar=False) for x in X])  # (R, 2, 2)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from scipy.spatial.distance import cdist
 
-from madloop.capabilities import Moments
+from madloop.capabilities import Moments, satisfies
 from madloop.linalg import lower_factor
 from madloop.metrics.base import METRIC_SUITES, MetricSuite, register_suite
 from madloop.metrics.gaussian import gaussian_metrics
@@ -77,8 +77,8 @@ def _compute(
         row["mmd"] = mmd_rbf(X[r], ref[r])
         rows.append(row)
     out = {k: np.array([row[k] for row in rows]) for k in rows[0]}
-    if not (isinstance(model, Moments) and isinstance(real, Moments)):
-        if isinstance(real, Moments):
+    if not (satisfies(model, Moments) and satisfies(real, Moments)):
+        if satisfies(real, Moments):
             mean0, factor0 = real.moments()
         else:
             pooled = ref.reshape(-1, ref.shape[-1])

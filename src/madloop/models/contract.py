@@ -32,7 +32,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 from pydantic import TypeAdapter, create_model
 
-from madloop.capabilities import Checkpointable, LogProb, Moments, ScoreSamples
+from madloop.capabilities import Checkpointable, LogProb, Moments, ScoreSamples, satisfies
 from madloop.config import ConfigError, ModelConfig
 from madloop.linalg import lower_factor
 from madloop.models.base import FAMILIES, FamilySpec, FitFailed, PerReplicate, load_families
@@ -137,7 +137,7 @@ class _Likelihood:
         """Mean log-density of real points X under each chain's model: (R,)."""
         out = []
         for m in self.models:
-            score = m.log_prob if isinstance(m, LogProb) else m.score_samples
+            score = m.log_prob if satisfies(m, LogProb) else m.score_samples
             out.append(float(np.mean(np.asarray(score(X), dtype=float))))
         return np.array(out)
 
@@ -160,9 +160,9 @@ def chains_for(models: list[Any]) -> UserChains:
     """The chain object with exactly the capabilities the model has (checked by protocol)."""
     probe = models[0]
     caps = (
-        isinstance(probe, Checkpointable),
-        isinstance(probe, LogProb | ScoreSamples),
-        isinstance(probe, Moments),
+        satisfies(probe, Checkpointable),
+        satisfies(probe, LogProb) or satisfies(probe, ScoreSamples),
+        satisfies(probe, Moments),
     )
     cls = _CHAIN_CLASSES.get(caps)
     if cls is None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from madloop.capabilities import Moments, SufficientStatistics, exact_requested
+from madloop.capabilities import Moments, SufficientStatistics, exact_requested, satisfies
 from madloop.config import Arm, ConfigError
 from madloop.engines import real_source, register_engine
 from madloop.loop import Chains, GenerationRecord, fit_failures
@@ -171,8 +171,8 @@ class PoolLoop:
     def exact_supported(lineages: list[Lineage], real: Any) -> bool:
         """Exact draws come from each cohort's moments (the real law's too), fits from the
         sufficient statistics of the merged scrape."""
-        return isinstance(real, Moments) and all(
-            isinstance(lin.model, SufficientStatistics) and isinstance(lin.model, Moments)
+        return satisfies(real, Moments) and all(
+            satisfies(lin.model, SufficientStatistics) and satisfies(lin.model, Moments)
             for lin in lineages
         )
 

@@ -32,8 +32,8 @@ hive_partitioning = true)``), pyarrow/pandas and polars read it back with the sw
 columns; ``results.parquet`` is the same table in one file.
 """
 
-from madloop.sweep.plan import SweepPlan, Task, plan, task_seed
-from madloop.sweep.runner import (
+from madloop.sweeps.plan import SweepPlan, Task, plan, task_seed
+from madloop.sweeps.runner import (
     SweepResult,
     TaskOutput,
     default_out,

@@ -1,5 +1,5 @@
 """Running a sweep: tasks on an executor, each written atomically as it finishes, resumable
-mid-task, gathered into one table (see :mod:`madloop.sweep`)."""
+mid-task, gathered into one table (see :mod:`madloop.sweeps`)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from madloop.storage.environment import git_commit, versions
 from madloop.storage.files import StorageFull
 from madloop.storage.layout import CHECKPOINTS
 from madloop.storage.lock import DirectoryLock, DirectoryLocked
-from madloop.sweep.plan import METRIC_COLUMNS, THEORY_COLUMNS, SweepPlan, Task, plan
+from madloop.sweeps.plan import METRIC_COLUMNS, THEORY_COLUMNS, SweepPlan, Task, plan
 
 
 # -- one task (runs in a worker) ------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Planning a sweep: the grid x seeds of a config's ``[sweep]`` table as validated tasks, each with
-a seed derived from what it is (see :mod:`madloop.sweep`)."""
+a seed derived from what it is (see :mod:`madloop.sweeps`)."""
 
 from __future__ import annotations
 
