@@ -82,7 +82,8 @@ RESEARCHER = textwrap.dedent(
                 se = v.std(axis=1, ddof=1) / np.sqrt(R)
                 q = np.quantile(v, [0.5, 0.05, 0.95], axis=1)
                 for t in range(T):
-                    f.write(f"{t + 1},{name},{v[t].mean()},{se[t]},{q[0, t]},{q[1, t]},{q[2, t]},{R}\\n")
+                    row = [t + 1, name, v[t].mean(), se[t], q[0, t], q[1, t], q[2, t], R]
+                    f.write(",".join(map(str, row)) + "\\n")
 
 
     if __name__ == "__main__":
@@ -262,7 +263,8 @@ def report(d, n, T, R, rounds, best, pwall, pcpu, parts, loads) -> None:  # noqa
     print("\nin-process (CPU s)                 time    script / madloop")
     print(f"  researcher's script (function) {best['script']:8.3f}")
     for k in ("exact", "sample"):
-        print(f"  madloop.run, {k:<6s}            {best[k]:8.3f}   {best['script'] / best[k]:6.2f}x")
+        ratio = best["script"] / best[k]
+        print(f"  madloop.run, {k:<6s}            {best[k]:8.3f}   {ratio:6.2f}x")
     print("\nwhole processes                   wall s   CPU s   script / madloop (wall, CPU)")
     print(f"  python researcher.py           {pwall['script']:8.3f} {pcpu['script']:7.3f}")
     for k in ("exact", "sample"):

@@ -66,9 +66,8 @@ def edge_cases() -> dict[str, tuple[pd.DataFrame, dict]]:
     stopped = base.copy()
     stopped.loc[(stopped.replicate == 2) & (stopped.generation >= 3), "value"] = np.nan
     stopped.loc[(stopped.arm == "b") & (stopped.generation == 5), "value"] = np.nan  # all NaN
-    stopped.loc[(stopped.arm == "a") & (stopped.generation == 4) & (stopped.replicate > 0), "value"] = (
-        np.nan  # n = 1
-    )
+    one = (stopped.arm == "a") & (stopped.generation == 4) & (stopped.replicate > 0)
+    stopped.loc[one, "value"] = np.nan  # n = 1
     cases["nan-chains"] = (stopped, {})
     inf = base.copy()
     inf.loc[(inf.replicate == 1) & (inf.generation == 2), "value"] = -np.inf
@@ -136,9 +135,8 @@ def main() -> None:
     for name, (frame, kw) in edge_cases().items():
         ok &= compare(name, old, frame, **kw)
     print(f"example configs ({args.generations} generations)")
-    from madloop.experiment import theory_frame
-
     from madloop.config import parse
+    from madloop.experiment import theory_frame
 
     tmp = Path(tempfile.mkdtemp(prefix="madloop-summary-"))
     for ex in FAST:
