@@ -1,6 +1,9 @@
 """The ``madloop`` command: parses arguments into configs and calls experiment / sweep / report.
 
-Bad input gets one line per problem and exit status 2, never a traceback.
+Bad input gets one line per problem and exit status 2, never a traceback. Every heavy import
+(the config schema and pydantic, pandas, numpy's users, rich's tables and progress bars, the
+experiment, the report) happens inside the command that needs it, so ``madloop --help`` and
+``madloop validate`` start fast.
 """
 
 from __future__ import annotations
@@ -9,14 +12,10 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
-from madloop.config import ConfigError
 from madloop.storage.files import StorageFull
 
 app = typer.Typer(
@@ -57,6 +56,14 @@ class LazyProgress:
     error, a locked directory) prints no bar."""
 
     def __init__(self, quiet: bool) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
         self.bar = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -107,6 +114,7 @@ def import_user_code(targets: list[str] | None) -> None:
     """Import each ``--import`` file or module (its registrations), or fail naming it."""
     if not targets:
         return
+    from madloop.config import ConfigError
     from madloop.models.contract import import_user_code as load
 
     try:
@@ -141,7 +149,7 @@ def run_cmd(
 ) -> None:
     """Run every arm of CONFIG and write metrics.parquet, summary.csv, manifest.json, plots/."""
     from madloop import resources
-    from madloop.config import parse
+    from madloop.config import ConfigError, parse
     from madloop.experiment import run
 
     import_user_code(imports)
@@ -195,9 +203,19 @@ def run_cmd(
             fail(e.problems)
     if not no_plots:
         result.write_plots()
-    last = result.summary[result.summary["generation"] == result.summary["generation"].max()]
+    if not quiet:
+        console.print(last_generation_table(base.name, result.summary))
+    console.print(f"wrote {out}")
+
+
+def last_generation_table(name: str, summary: Any) -> Any:
+    """The summary's last generation as a rich table (arm, metric, mean, std_error, theory)."""
+    import numpy as np
+    from rich.table import Table
+
+    last = summary[summary["generation"] == summary["generation"].max()]
     title = f"generation {int(last['generation'].max())}" if len(last) else "no metric applies"
-    table = Table(title=f"{base.name}: {title}", box=None)
+    table = Table(title=f"{name}: {title}", box=None)
     for col in ("arm", "metric", "mean", "std_error", "theory"):
         table.add_column(col, justify="left" if col in ("arm", "metric") else "right")
     for row in last.itertuples():
@@ -208,9 +226,7 @@ def run_cmd(
             f"{row.std_error:.2g}",
             "-" if np.isnan(row.theory) else f"{row.theory:.4g}",
         )
-    if not quiet:
-        console.print(table)
-    console.print(f"wrote {out}")
+    return table
 
 
 @app.command("theory")
@@ -220,7 +236,10 @@ def theory_cmd(
     every: Annotated[int, typer.Option(help="Print every k-th generation.")] = 0,
 ) -> None:
     """Print the closed-form predictions for each arm of CONFIG."""
-    from madloop.config import parse
+    import numpy as np
+    from rich.table import Table
+
+    from madloop.config import ConfigError, parse
     from madloop.experiment import theory_frame
 
     try:
@@ -307,7 +326,7 @@ def demo_cmd(
 @app.command("validate")
 def validate_cmd(config: ConfigArg, imports: ImportOpt = None) -> None:
     """Check CONFIG and list its arms without running anything."""
-    from madloop.config import parse
+    from madloop.config import ConfigError, parse
 
     import_user_code(imports)
     try:
@@ -365,6 +384,7 @@ def sweep_cmd(
     """Run the grid x seeds of CONFIG's sweep table; write results.parquet, theory.parquet,
     sweep.json, tasks/ (one Parquet file per task) and plots/ (phase diagrams).
     Exit 1 if a task failed."""
+    from madloop.config import ConfigError
     from madloop.executors import EXECUTORS
     from madloop.sweeps import plan, sweep
 
@@ -430,13 +450,17 @@ def sweep_cmd(
 def main() -> None:
     try:
         app()
-    except ConfigError as e:  # raised from deep inside a command
-        for line in e.problems:
-            print(f"error: {line}", file=sys.stderr)
-        sys.exit(2)
     except StorageFull as e:  # the disk filled: what was written before stays valid
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except Exception as e:
+        # a ConfigError raised from deep inside a command; its module is loaded if one was
+        errors = sys.modules.get("madloop.config.errors")
+        if errors is None or not isinstance(e, errors.ConfigError):
+            raise
+        for line in e.problems:
+            print(f"error: {line}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

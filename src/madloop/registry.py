@@ -2,10 +2,12 @@
 curation scorers.
 
 A :class:`Registry` is a dict from name to entry. ``register(entry)`` adds an entry under its
-``name`` (usable as a decorator). :meth:`Registry.load` imports the built-in modules that register
-entries (tolerating a missing optional extra such as torch) and, where the registry has an entry
-point group, what installed packages publish there; each happens once. A config names an entry;
-it never names code to import.
+``name`` (usable as a decorator). :meth:`Registry.load` loads, where the registry has an entry
+point group, what installed packages publish there, and makes the built-in modules that register
+entries load on demand (tolerating a missing optional extra such as torch): looking up a name
+imports the built-ins in order until one registered it, listing the registry imports them all.
+So validating a Gaussian config never imports torch. An entry point still wins over a built-in
+of the same name. Each happens once. A config names an entry; it never names code to import.
 """
 
 from __future__ import annotations
@@ -13,10 +15,16 @@ from __future__ import annotations
 import importlib
 import warnings
 from collections.abc import Callable, Iterable
-from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+
+
+def entry_points(group: str) -> Any:
+    """``importlib.metadata.entry_points(group=...)``, imported when first needed (it is slow)."""
+    from importlib import metadata
+
+    return metadata.entry_points(group=group)
 
 
 class Registry(dict[str, T], Generic[T]):
@@ -36,6 +44,8 @@ class Registry(dict[str, T], Generic[T]):
         self.entry_point = entry_point
         self.check = check
         self._loaded = False
+        self._pending: list[str] = []  # built-in modules not imported yet
+        self._plugins: dict[str, T] = {}  # entries from entry points (they win over built-ins)
 
     def register(self, entry: T) -> T:
         """Add ``entry`` under ``entry.name`` (or ``entry.__name__``); returns it (a decorator)."""
@@ -50,14 +60,53 @@ class Registry(dict[str, T], Generic[T]):
         if self._loaded:
             return self
         self._loaded = True
-        for module in self.builtins:
-            try:
-                importlib.import_module(module)
-            except ImportError:  # an optional extra (torch, ...) is missing
-                pass
+        self._pending = list(self.builtins)  # imported on demand, see _ensure
         if self.entry_point is not None:
             self._load_entry_points(self.entry_point)
         return self
+
+    def _ensure(self, name: str | None = None) -> None:
+        """Import the pending built-ins, in order, until ``name`` is registered (all of them
+        for ``None``)."""
+        while self._pending and (name is None or not dict.__contains__(self, name)):
+            module = self._pending.pop(0)
+            try:
+                importlib.import_module(module)
+            except ImportError:  # an optional extra (torch, ...) is missing
+                continue
+            dict.update(self, self._plugins)
+
+    def __contains__(self, name: object) -> bool:
+        self._ensure(name if isinstance(name, str) else None)
+        return dict.__contains__(self, name)
+
+    def __getitem__(self, name: str) -> T:
+        self._ensure(name)
+        return dict.__getitem__(self, name)
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        self._ensure(name)
+        return dict.get(self, name, default)
+
+    def __iter__(self) -> Any:
+        self._ensure()
+        return dict.__iter__(self)
+
+    def __len__(self) -> int:
+        self._ensure()
+        return dict.__len__(self)
+
+    def keys(self) -> Any:  # type: ignore[override]
+        self._ensure()
+        return dict.keys(self)
+
+    def values(self) -> Any:  # type: ignore[override]
+        self._ensure()
+        return dict.values(self)
+
+    def items(self) -> Any:  # type: ignore[override]
+        self._ensure()
+        return dict.items(self)
 
     def _load_entry_points(self, group: str) -> None:
         for ep in entry_points(group=group):
@@ -82,3 +131,5 @@ class Registry(dict[str, T], Generic[T]):
                 )
                 continue
             self.register(entry)
+            name = getattr(entry, "name", None) or getattr(entry, "__name__", None)
+            self._plugins[name] = entry

@@ -174,17 +174,57 @@ def summarize(
         return pd.DataFrame(columns=keys + extra)
     g = metrics.groupby(keys, sort=False)["value"]
     with np.errstate(invalid="ignore", over="ignore"):
-        out = g.agg(
-            mean="mean",
-            std_error=lambda v: v.std(ddof=1) / np.sqrt(v.count()) if v.count() > 1 else np.nan,
-            median="median",
-            q05=lambda v: v.quantile(0.05),
-            q95=lambda v: v.quantile(0.95),
-            n="count",
-        ).reset_index()
+        out = g.agg(mean="mean", median="median", n="count").reset_index()
+        codes = g.ngroup().fillna(-1).to_numpy(dtype=np.int64)
+        std_error, q05, q95 = _spread(codes, metrics["value"].to_numpy(dtype=float), len(out))
+    at = len(keys)
+    out.insert(at + 1, "std_error", std_error)
+    out.insert(at + 3, "q05", q05)
+    out.insert(at + 4, "q95", q95)
     if theory is not None and not theory.empty:
         on = [k for k in keys if k in theory.columns]
         out = out.merge(theory, on=on, how="left")
     else:
         out["theory"] = np.nan
     return out
+
+
+#: what ``Series.quantile`` hands ``np.percentile`` for q = 0.05 and 0.95
+_PERCENTS = np.asarray([0.05, 0.95]) * 100.0
+
+
+def _spread(
+    codes: np.ndarray, values: np.ndarray, groups: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per group (``codes`` 0..groups-1, -1 for a row without a group): the standard error and
+    the 5% and 95% quantiles, computed as pandas computes them on each group's Series (a
+    two-pass variance on the values in row order, NaN left out; ``np.percentile`` on the non-NaN
+    values) but over a (groups x values) block per group size, so the bits are the same."""
+    keep = np.flatnonzero(codes >= 0)
+    order = keep[np.argsort(codes[keep], kind="stable")]  # row order within each group
+    sizes = np.bincount(codes[order], minlength=groups)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    ordered = values[order]
+    std_error = np.full(groups, np.nan)
+    quantiles = np.full((2, groups), np.nan)
+    for m in np.unique(sizes[sizes > 0]):
+        rows = np.flatnonzero(sizes == m)
+        block = ordered[starts[rows][:, None] + np.arange(m)]  # (k, m), C-contiguous
+        missing = np.isnan(block)
+        count = m - missing.sum(axis=1)
+        two = count > 1
+        if two.any():
+            x, miss, c = block[two], missing[two], count[two].astype(float)
+            x0 = np.where(miss, 0.0, x)
+            avg = x0.sum(axis=1, dtype=np.float64) / c
+            sq = (avg[:, None] - x0) ** 2
+            np.putmask(sq, miss, 0.0)
+            std = np.sqrt(sq.sum(axis=1, dtype=np.float64) / (c - 1.0))
+            std_error[rows[two]] = std / np.sqrt(count[two])
+        ranked = np.sort(block, axis=1)  # NaN last
+        for c in np.unique(count[count > 0]):
+            sel = count == c
+            quantiles[:, rows[sel]] = np.percentile(
+                ranked[sel, :c], _PERCENTS, axis=1, method="linear"
+            )
+    return std_error, quantiles[0], quantiles[1]

@@ -30,7 +30,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.stats import binom
 
 from madloop.regimes import Regime
 from madloop.theory.registry import Predictor, register_predictor
@@ -159,6 +158,8 @@ def survival_probability(
         return out
     if method == "exact":
         # M1[c1, c2] = Bin(n, c1/n1)(c2); M[c, c'] = Bin(n, c/n)(c')
+        from scipy.stats import binom  # scipy.stats is slow to import
+
         B = binom.pmf(np.arange(n1 + 1)[None, :], n1, p[:, None])  # (k, n1+1)
         M1 = binom.pmf(np.arange(n + 1)[None, :], n, (np.arange(n1 + 1) / n1)[:, None])
         M = binom.pmf(np.arange(n + 1)[None, :], n, (np.arange(n + 1) / n)[:, None])
