@@ -293,7 +293,7 @@ def validate_cmd(config: ConfigArg) -> None:
         c = arm.config
         console.print(
             f"{arm.name}: {c.loop.regime}, {c.model.family} on {c.data.source}, "
-            f"bias {c.sampling.bias}, {c.generations} generations x {c.replicates} replicates"
+            f"{c.bias_text()}, {c.generations} generations x {c.replicates} replicates"
         )
     if arms[0].config.sweep is not None:
         from madloop.sweep import plan
