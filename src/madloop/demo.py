@@ -25,6 +25,9 @@ import time
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
+
+#: dotted keys an arm uses to change only the sampling bias (λ or a family's native knob)
+BIAS_KEYS = {f"sampling.{k}" for k in ("bias", "guidance_scale", "truncation", "temperature")}
 from typing import Any
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -99,7 +102,7 @@ def images_part(out: Path, *, quick: bool, echo: Echo, generations: int) -> str 
     raw = tomllib.loads(config.read_text())
     # with and without bias: the base arm and the arms that change only the sampling bias
     raw["arms"] = [
-        a for a in raw.get("arms", []) if set(a) - {"name"} <= {"sampling", "sampling.bias"}
+        a for a in raw.get("arms", []) if set(a) - {"name"} <= {"sampling", *BIAS_KEYS}
     ]
     raw["generations"] = min(generations, int(raw.get("generations", generations)))
     t0 = time.perf_counter()

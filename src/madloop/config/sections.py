@@ -139,7 +139,7 @@ class ModelConfig(Section):
     def bias_problem(self, bias: float) -> str | None:
         """Why the bias λ is invalid for this family, or None. Default: λ in (0, 1]."""
         if not 0.0 < bias <= 1.0:
-            return f"λ must be in (0, 1] for family '{self.family}' (1 = no bias), got {bias}"
+            return f"must be in (0, 1] for family '{self.family}', got {bias}"
         return None
 
     def bias_data_problem(self, bias: float, data: DataConfig) -> str | None:
