@@ -25,11 +25,10 @@ import time
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 #: dotted keys an arm uses to change only the sampling bias (λ or a family's native knob)
 BIAS_KEYS = {f"sampling.{k}" for k in ("bias", "guidance_scale", "truncation", "temperature")}
-from typing import Any
-
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 IMAGE_GENERATIONS = 4  # the image loop's length in the demo (the example's own is longer)
 IMAGE_FAMILIES = ("ddpm", "vae", "flow", "gan")
