@@ -90,8 +90,8 @@ def fitted(family: str) -> Any:
 def spread(points: Any, kind: str) -> tuple[float, float]:
     """(value, standard error): tr Cov of the rows, or the plug-in entropy of the tokens (its SE
     by the delta method: sd of -log p̂(x) over the draws / sqrt(n))."""
-    X = np.asarray(points.X)[0]
-    if kind == "trace":
+    X = np.asarray(points.global_X() if kind == "trace" else points.X)[0]
+    if kind == "trace":  # the global frame: a Gaussian's points are whitened deviations
         rows = X.reshape(len(X), -1)
         sq = ((rows - rows.mean(axis=0)) ** 2).sum(axis=1)
         return float(sq.mean()), float(sq.std(ddof=1) / np.sqrt(len(sq)))
@@ -121,7 +121,7 @@ def test_lambda_one_is_unbiased_and_smaller_lambda_lowers_the_spread(family):
         child = np.random.default_rng(5).spawn(1)[0]
         plain = inner[0].sample(n, rng=child)
         plain = plain[0] if isinstance(plain, tuple) else plain
-        assert np.array_equal(np.asarray(at_one.X)[0], np.asarray(plain))
+        assert np.array_equal(np.asarray(at_one.global_X())[0], np.asarray(plain))
     else:
         again = model.sample_points(n, bias=1.0, rng=np.random.default_rng(5))
         assert np.array_equal(np.asarray(at_one.X), np.asarray(again.X))

@@ -173,7 +173,7 @@ def resolve_sampling(
     value = 1.0 if not given else float(getattr(written, key))
     if key == "bias":
         lam = value
-        if written.knob == knob.knob(lam) and knob.flattens and 1.0 < lam <= knob.max_lambda:
+        if knob.flattens and 1.0 < lam <= knob.max_lambda and written.knob == knob.knob(lam):
             why = None  # a resolved config's flattening temperature, written back as λ = T
         else:
             why = model.bias_problem(lam)
