@@ -112,7 +112,7 @@ def base_config(**model):
 def test_config_errors_name_the_field():
     with pytest.raises(ConfigError, match="model.alpha"):
         validate(base_config(alpha=-1))
-    with pytest.raises(ConfigError, match="sampling.bias: is the sampling temperature"):
+    with pytest.raises(ConfigError, match=r"sampling.bias: must be in \(0, 1\]"):
         validate({**base_config(), "sampling": {"bias": 0}})
     bad = base_config()
     bad["data"] = {"source": "gaussian"}

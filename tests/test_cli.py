@@ -190,7 +190,7 @@ def test_validate_command(tiny_run):
     result = runner.invoke(app, ["validate", str(config)], catch_exceptions=False)
     assert result.exit_code == 0
     assert "truncated: fully-synthetic" in result.output
-    assert "bias 0.7" in result.output
+    assert "λ = 0.7 (variance scale = 0.7)" in result.output
 
 
 def test_console_script_bad_config(tmp_path):

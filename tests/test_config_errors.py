@@ -164,7 +164,8 @@ CASES = [
     (
         "arm-unknown-key",
         BASE + '\n[[arms]]\nname = "low"\nsampling.bais = 0.5\n',
-        "arms[low].sampling.bais: unknown key; did you mean 'bias'? (valid: bias)",
+        "arms[low].sampling.bais: unknown key; did you mean 'bias'? (valid: bias, guidance_scale, "
+        "knob, temperature, truncation)",
     ),
     (
         "arm-without-name",

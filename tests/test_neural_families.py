@@ -39,7 +39,7 @@ def _data(kind: str, n: int = 64, seed: int = 0):
     return rng.random((n, 6, 6)).astype(np.float32), rng.integers(0, 3, n)
 
 
-NEUTRAL = {"ddpm": 0.0, "vae": 1.0}
+NEUTRAL = {"ddpm": 1.0, "vae": 1.0}  # λ = 1: no guidance (w = 0), the prior (τ = 1)
 CASES = [
     ("ddpm", "vectors", {}),
     ("ddpm", "images", {"channels": 8}),
@@ -69,7 +69,7 @@ def test_fit_sample_shapes_labels_and_range(family, kind, kw):
 @pytest.mark.parametrize(("family", "kind", "kw"), CASES[:2] + CASES[3:4])
 def test_deterministic_for_a_seed(family, kind, kw):
     X, y = _data(kind)
-    bias = 0.5 if family == "ddpm" else 0.8
+    bias = 2 / 3 if family == "ddpm" else 0.64  # λ: guidance w = 0.5, latent τ = 0.8
     outs = []
     for fit_seed, sample_seed in [(1, 2), (1, 2), (3, 2), (1, 4)]:
         m = _make(family, **kw).fit(X, y, rng=np.random.default_rng(fit_seed))
@@ -136,21 +136,25 @@ def test_guidance_lambda_conversion():
 
 def test_bias_validation_per_family():
     base = {"data": {"source": "grid"}, "loop": {"synthetic_size": 50}}
-    with pytest.raises(ConfigError, match="guidance scale w") as err:
+    with pytest.raises(ConfigError, match=r"must be in \(0, 1\]") as err:
         parse({**base, "model": {"family": "ddpm"}, "sampling": {"bias": -1.0}})
     assert err.value.problems[0].startswith("sampling.bias")
-    parse({**base, "model": {"family": "ddpm"}, "sampling": {"bias": 4.0}})  # w > 1 is fine
-    with pytest.raises(ConfigError, match="latent temperature"):
+    with pytest.raises(ConfigError, match="w >= 0") as err:
+        parse({**base, "model": {"family": "ddpm"}, "sampling": {"guidance_scale": -1.0}})
+    assert err.value.problems[0].startswith("sampling.guidance_scale")
+    _, arms = parse({**base, "model": {"family": "ddpm"}, "sampling": {"guidance_scale": 4.0}})
+    assert arms[0].config.sampling.bias == pytest.approx(0.2)  # w > 1 is fine: λ = 1/(1+w)
+    with pytest.raises(ConfigError, match="sampling.bias"):
         parse({**base, "model": {"family": "vae"}, "sampling": {"bias": 1.5}})
     with pytest.raises(ConfigError, match="multiple of 8"):
-        parse({**base, "model": {"family": "ddpm", "channels": 12}, "sampling": {"bias": 0.0}})
+        parse({**base, "model": {"family": "ddpm", "channels": 12}, "sampling": {"bias": 1.0}})
 
 
 def test_guidance_needs_labels():
     X, _ = _data("vectors")
     model = _make("ddpm").fit(X, rng=np.random.default_rng(0))
     with pytest.raises(ValueError, match="needs class labels"):
-        model.sample(3, bias=1.0, rng=np.random.default_rng(0))
+        model.sample(3, bias=0.5, rng=np.random.default_rng(0))  # λ = 0.5: guidance w = 1
 
 
 def test_device_auto_is_cpu_without_cuda():
@@ -185,10 +189,10 @@ def test_guidance_raises_precision_and_lowers_recall_on_the_grid(grid_sets):
     src, X, y, ref = grid_sets
     model = DDPM(DDPMConfig(steps=1500, threads=1)).fit(X, y, rng=np.random.default_rng(1))
     pr = {}
-    for w in (0.0, 1.0):
-        Xs, _ = model.sample(1000, bias=w, rng=np.random.default_rng(2))
-        pr[w] = prdc(ref, Xs, k=5)
-    dp, dr = _pr_gap(pr[0.0], pr[1.0], 1000)
+    for lam in (1.0, 0.5):  # guidance w = 0 and w = 1
+        Xs, _ = model.sample(1000, bias=lam, rng=np.random.default_rng(2))
+        pr[lam] = prdc(ref, Xs, k=5)
+    dp, dr = _pr_gap(pr[1.0], pr[0.5], 1000)
     assert dp > 4 and dr > 4, pr
 
 
@@ -196,10 +200,10 @@ def test_temperature_lowers_recall_and_keeps_precision(grid_sets):
     src, X, y, ref = grid_sets
     model = VAE(VAEConfig(steps=1000, threads=1)).fit(X, y, rng=np.random.default_rng(1))
     pr = {}
-    for tau in (1.0, 0.3):
-        Xs, _ = model.sample(1000, bias=tau, rng=np.random.default_rng(2))
-        pr[tau] = prdc(ref, Xs, k=5)
-    dp, dr = _pr_gap(pr[1.0], pr[0.3], 1000)
+    for lam in (1.0, 0.09):  # latent scale τ = √λ = 1 and 0.3
+        Xs, _ = model.sample(1000, bias=lam, rng=np.random.default_rng(2))
+        pr[lam] = prdc(ref, Xs, k=5)
+    dp, dr = _pr_gap(pr[1.0], pr[0.09], 1000)
     assert dr > 4 and dp > -2, pr
 
 
@@ -279,7 +283,7 @@ def test_evaluation_sample_never_changes_the_trajectory():
             "replicates": 1,
             "data": {"source": "moons", "eval_size": eval_size},
             "model": {"family": "vae", **TINY},
-            "sampling": {"bias": 0.7},
+            "sampling": {"truncation": 0.7},  # latent τ = 0.7, λ = 0.49
             "loop": {"synthetic_size": 50},
         }
         _, arms = parse(cfg)
@@ -299,7 +303,7 @@ def test_end_to_end_mnist_14x14_unet(tmp_path):
         "generations": 2,
         "data": {"source": "mnist", "size": 14, "eval_size": 100},
         "model": {"family": "ddpm", "channels": 8, "timesteps": 50, "sample_steps": 10, **TINY},
-        "sampling": {"bias": 0.5},
+        "sampling": {"guidance_scale": 0.5},  # λ = 2/3
         "loop": {"synthetic_size": 300},
     }
     res = run(cfg, out=tmp_path)

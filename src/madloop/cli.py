@@ -338,7 +338,8 @@ def validate_cmd(config: ConfigArg, imports: ImportOpt = None) -> None:
         c = arm.config
         console.print(
             f"{arm.name}: {c.loop.regime}, {c.model.family} on {c.data.source}, "
-            f"bias {c.sampling.bias}, {c.generations} generations x {c.replicates} replicates"
+            f"{c.bias_text()}, {c.generations} generations x {c.replicates} replicates",
+            soft_wrap=True,  # one line per arm, whatever the terminal's width
         )
     if arms[0].config.sweep is not None:
         from madloop.sweeps import plan

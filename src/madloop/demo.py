@@ -27,6 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+#: dotted keys an arm uses to change only the sampling bias (λ or a family's native knob)
+BIAS_KEYS = {f"sampling.{k}" for k in ("bias", "guidance_scale", "truncation", "temperature")}
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 IMAGE_GENERATIONS = 4  # the image loop's length in the demo (the example's own is longer)
 IMAGE_FAMILIES = ("ddpm", "vae", "flow", "gan")
@@ -99,7 +101,7 @@ def images_part(out: Path, *, quick: bool, echo: Echo, generations: int) -> str 
     raw = tomllib.loads(config.read_text())
     # with and without bias: the base arm and the arms that change only the sampling bias
     raw["arms"] = [
-        a for a in raw.get("arms", []) if set(a) - {"name"} <= {"sampling", "sampling.bias"}
+        a for a in raw.get("arms", []) if set(a) - {"name"} <= {"sampling", *BIAS_KEYS}
     ]
     raw["generations"] = min(generations, int(raw.get("generations", generations)))
     t0 = time.perf_counter()

@@ -202,6 +202,7 @@ def assemble_result(
         "seed": base.seed,
         "config": {**base.to_dict()},
         "arms": {a.name: a.config.to_dict() for a in arms},
+        "bias": {a.name: a.config.bias_entry() for a in arms},  # λ and the family's own knob
         "modes": modes,
         "versions": versions(),
         "git_commit": git_commit(),

@@ -12,6 +12,12 @@ from typing import TYPE_CHECKING, Any
 from madloop.config.errors import ConfigError, format_errors, suggest
 from madloop.config.merge import deep_merge, nest_dotted
 from madloop.config.sections import (
+    GUIDANCE,
+    LATENT_SCALE,
+    TEMPERATURE,
+    TRUNCATION,
+    VARIANCE_SCALE,
+    BiasKnob,
     DataConfig,
     LoopConfig,
     ModelConfig,
@@ -54,8 +60,14 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "GUIDANCE",
+    "LATENT_SCALE",
+    "TEMPERATURE",
     "TOP_LEVEL",
+    "TRUNCATION",
+    "VARIANCE_SCALE",
     "Arm",
+    "BiasKnob",
     "ConfigError",
     "DataConfig",
     "ExperimentConfig",

@@ -14,7 +14,7 @@ from typing import Any
 from madloop.config.errors import ConfigError
 from madloop.config.merge import deep_merge, nest_dotted
 from madloop.config.schema import ExperimentConfig, regime_configs, validate
-from madloop.config.sections import LoopConfig, check_name
+from madloop.config.sections import NATIVE_KEYS, LoopConfig, check_name
 from madloop.regimes import REGIMES
 
 
@@ -71,6 +71,7 @@ def resolve_arms(config: ExperimentConfig | Mapping[str, Any]) -> list[Arm]:
             problems.append(f"arms[{name}].{bad[0]}: cannot be overridden per arm")
             continue
         merged = deep_merge(base_raw, overrides)
+        merged = own_bias(merged, base_raw, overrides)
         for section, key in (("model", "family"), ("data", "source"), ("loop", "regime")):
             # switching family/source/regime drops the base's fields that belong to the old one
             over, under = overrides.get(section), base_raw.get(section)
@@ -97,6 +98,22 @@ def resolve_arms(config: ExperimentConfig | Mapping[str, Any]) -> list[Arm]:
     if not arms:
         raise ConfigError(["arms: no arm to run (include_base = false and no [[arms]])"])
     return arms
+
+
+#: the ``[sampling]`` keys that give the bias (one per config) and the derived native value
+BIAS_KEYS = ("bias", *NATIVE_KEYS, "knob")
+
+
+def own_bias(merged: dict, base_raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict:
+    """An arm that sets the bias in any form (``bias``, ``guidance_scale``, ...) replaces the
+    base's, so ``sampling.bias = 0.5`` on a base with ``sampling.truncation`` is not a conflict."""
+    over, under = overrides.get("sampling"), base_raw.get("sampling")
+    if not isinstance(over, Mapping) or not isinstance(under, Mapping):
+        return merged
+    if not any(k in over for k in BIAS_KEYS):
+        return merged
+    kept = {k: v for k, v in under.items() if k not in BIAS_KEYS}
+    return {**merged, "sampling": {**kept, **over}}
 
 
 def load_config(source: str | os.PathLike | Mapping[str, Any] | ExperimentConfig) -> dict:

@@ -9,6 +9,7 @@ line each, naming the field, the value and the fix.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Annotated, Any
 
@@ -17,10 +18,12 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SerializeAsAn
 from madloop.config.errors import ConfigError, format_errors, suggest
 from madloop.config.merge import nest_dotted
 from madloop.config.sections import (
+    NATIVE_KEYS,
     DataConfig,
     LoopConfig,
     ModelConfig,
     SamplingConfig,
+    SamplingInput,
     SizeField,
     SweepConfig,
     check_name,
@@ -54,6 +57,15 @@ class ExperimentConfig(TopLevel):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    def bias_text(self) -> str:
+        """The bias in both forms: ``λ = 0.5 (guidance w = 1)``."""
+        return self.model.bias_knob.describe(self.sampling.bias)
+
+    def bias_entry(self) -> dict[str, Any]:
+        """The bias as the manifest records it per arm: λ, the native knob and the text."""
+        lam = self.sampling.bias
+        return {"lambda": lam, "knob": self.model.bias_knob.knob(lam), "text": self.bias_text()}
 
 
 TOP_LEVEL = set(ExperimentConfig.model_fields)
@@ -113,11 +125,11 @@ def validate(raw: Mapping[str, Any], *, arm: str | None = None) -> ExperimentCon
     data = validate_section(raw, "data", "source", load_sources(), None, problems)
     model = validate_section(raw, "model", "family", load_families(), None, problems)
     loop = validate_section(raw, "loop", "regime", regime_configs(), "fully-synthetic", problems)
-    sampling = None
+    written = None
     try:
-        sampling = SamplingConfig.model_validate(raw.get("sampling", {}))
+        written = SamplingInput.model_validate(raw.get("sampling", {}))
     except ValidationError as err:
-        problems.extend(format_errors("sampling", err, SamplingConfig))
+        problems.extend(format_errors("sampling", err, SamplingInput))
     top = {k: v for k, v in raw.items() if k in TOP_LEVEL - {"data", "model", "loop", "sampling"}}
     if top.get("sweep") is not None:  # checked on its own, so errors name its fields
         try:
@@ -130,14 +142,16 @@ def validate(raw: Mapping[str, Any], *, arm: str | None = None) -> ExperimentCon
     except ValidationError as err:
         problems.extend(format_errors("", err, TopLevel))
         top_checked = None
-    if model is not None and sampling is not None:
-        why = model.bias_problem(sampling.bias)
-        if why:
-            problems.append(f"sampling.bias: {why}")
-    if model is not None and data is not None and hasattr(model, "data_problem"):
-        why = model.data_problem(data)  # a family that needs a kind of data says so
+    sampling = None
+    if model is not None and written is not None:
+        sampling = resolve_sampling(written, model, problems)
+    if model is not None and data is not None:
+        # a family that needs a kind of data says so; then what its bias needs (guidance: labels)
+        why = model.data_problem(data) if hasattr(model, "data_problem") else None
         if why:
             problems.append(f"data.source: {why}")
+        elif sampling is not None and (why := model.bias_data_problem(sampling.bias, data)):
+            problems.append(f"sampling.bias: {why}")
     if loop is not None:
         problems.extend(loop_problems(loop, model))
     if problems:
@@ -146,6 +160,53 @@ def validate(raw: Mapping[str, Any], *, arm: str | None = None) -> ExperimentCon
     return ExperimentConfig(
         **top_checked.model_dump(), data=data, model=model, sampling=sampling, loop=loop
     )
+
+
+def resolve_sampling(
+    written: SamplingInput, model: ModelConfig, problems: list[str]
+) -> SamplingConfig | None:
+    """The one λ of ``[sampling]``: from ``bias`` or the family's native key (``guidance_scale``,
+    ``truncation``, ``temperature``), never both; problems name the fields."""
+    knob = model.bias_knob
+    given = [k for k in ("bias", *NATIVE_KEYS) if getattr(written, k) is not None]
+    if len(given) > 1:
+        problems.append(
+            f"{', '.join('sampling.' + k for k in given)}: give one of them, not both "
+            f"(sampling.bias is λ; {knob_hint(model)})"
+        )
+        return None
+    key = given[0] if given else "bias"
+    value = 1.0 if not given else float(getattr(written, key))
+    if key == "bias":
+        lam = value
+        if knob.flattens and 1.0 < lam <= knob.max_lambda and written.knob == knob.knob(lam):
+            why = None  # a resolved config's flattening temperature, written back as λ = T
+        else:
+            why = model.bias_problem(lam)
+            if why and knob.flattens and lam > 1.0:
+                why += f"; to flatten (T > 1) set sampling.{knob.key} instead"
+    elif key != knob.key:
+        own = f"sampling.{knob.key}" if knob.key else "sampling.bias (λ)"
+        problems.append(
+            f"sampling.{key}: not a knob of family '{model.family}'; its own key is {own} "
+            f"({knob_hint(model)})"
+        )
+        return None
+    else:
+        found, why = knob.native_lambda(value)
+        lam = found if found is not None else math.nan
+        if why is None and lam <= 1.0:
+            why = model.bias_problem(lam)
+    if why:
+        problems.append(f"sampling.{key}: {why}")
+        return None
+    return SamplingConfig(bias=lam, knob=knob.knob(lam))
+
+
+def knob_hint(model: ModelConfig) -> str:
+    knob = model.bias_knob
+    native = f"sampling.{knob.key} is {knob.label}, {knob.native}" if knob.key else ""
+    return native or f"family '{model.family}' maps λ to its {knob.label}"
 
 
 def sizes(spec: SizeField) -> list[int]:

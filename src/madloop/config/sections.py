@@ -3,8 +3,10 @@ subclass, so a new one brings its own validated fields without touching the expe
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Annotated, Any, ClassVar
 
@@ -19,10 +21,109 @@ class Section(BaseModel):
 
 class DataConfig(Section):
     source: str
+    #: what the source yields: "vectors" (rows of floats), "images" (H x W floats) or "tokens"
+    #: (symbol / token ids); families refuse the kinds they cannot fit at validate time
+    kind: ClassVar[str] = "vectors"
+    #: whether every point carries a class label (``Points.y``): guidance needs labels
+    labelled: ClassVar[bool] = False
+
+
+def _identity(x: float) -> float:
+    return float(x)
+
+
+def _square(x: float) -> float:
+    return float(x) * float(x)
+
+
+def _guidance(lam: float) -> float:
+    return 1.0 / lam - 1.0
+
+
+def _from_guidance(w: float) -> float:
+    return 1.0 / (1.0 + w)
+
+
+def number(x: float) -> str:
+    """A knob or λ as shown to people: 0.5, 1, 0.25, 2.333."""
+    return f"{float(x):.4g}"
+
+
+@dataclass(frozen=True)
+class BiasKnob:
+    """How a family turns the paper's bias λ in (0, 1] (1 = none) into its own sampling knob.
+
+    ``name`` is the knob :func:`knob` returns (``{"guidance_scale": 1.0}``), ``label`` how it is
+    shown (``"guidance w"``), ``forward`` λ -> knob and ``inverse`` knob -> λ. ``key`` is the
+    native key the ``[sampling]`` table accepts instead of ``bias`` (None: λ only), ``native``
+    its valid range in words. ``flattens``: native values beyond λ = 1 are allowed up to
+    ``max_lambda`` (a temperature T > 1 flattens the distribution; it has no λ <= 1 form).
+    """
+
+    name: str
+    label: str
+    forward: Callable[[float], float]
+    inverse: Callable[[float], float]
+    key: str | None = None
+    native: str = ""
+    flattens: bool = False
+    max_lambda: float = 1.0
+
+    def knob(self, lam: float) -> dict[str, float]:
+        return {self.name: self.forward(lam)}
+
+    def describe(self, lam: float) -> str:
+        """``λ = 0.5 (guidance w = 1)``; a flattening temperature says it has no λ <= 1 form."""
+        text = f"λ = {number(lam)} ({self.label} = {number(self.forward(lam))})"
+        return text + (" (flattens: no λ <= 1 form)" if lam > 1.0 else "")
+
+    def native_lambda(self, value: float) -> tuple[float | None, str | None]:
+        """(λ, None) for a valid native value, else (None, why)."""
+        lam = self.inverse(value) if math.isfinite(value) and value >= 0.0 else math.nan
+        top = self.max_lambda if self.flattens else 1.0
+        if not (math.isfinite(lam) and 0.0 < lam <= top):
+            return None, f"must be {self.native}, got {value}"
+        return lam, None
+
+
+#: gaussian, flow, sklearn: λ scales the variance (N(μ, λΣ))
+VARIANCE_SCALE = BiasKnob("variance_scale", "variance scale", _identity, _identity)
+#: gan: the latent truncation ψ = √λ (latent variance × λ)
+TRUNCATION = BiasKnob(
+    "truncation", "truncation ψ", math.sqrt, _square, key="truncation", native="ψ in (0, 1]"
+)
+#: vae: the latent scale τ = √λ (latent variance × λ), given natively as ``sampling.truncation``
+LATENT_SCALE = BiasKnob(
+    "latent_scale", "latent τ", math.sqrt, _square, key="truncation", native="τ in (0, 1]"
+)
+#: categorical, ngram, char-transformer: T = λ (a Gaussian tempered by 1/T is N(μ, TΣ))
+TEMPERATURE = BiasKnob(
+    "temperature",
+    "temperature T",
+    _identity,
+    _identity,
+    key="temperature",
+    native="T in (0, 100] (T > 1 flattens)",
+    flattens=True,
+    max_lambda=100.0,
+)
+#: ddpm: classifier-free guidance w = 1/λ - 1 (λ = 1/(1+w); w = 0 is no guidance)
+GUIDANCE = BiasKnob(
+    "guidance_scale",
+    "guidance w",
+    _guidance,
+    _from_guidance,
+    key="guidance_scale",
+    native="w >= 0 (finite)",
+)
+#: the ``[sampling]`` keys that give a family's native knob instead of λ
+NATIVE_KEYS = ("guidance_scale", "truncation", "temperature")
 
 
 class ModelConfig(Section):
     family: str
+    #: how this family turns λ into its sampling knob (see :class:`BiasKnob`)
+    bias_knob: ClassVar[BiasKnob] = VARIANCE_SCALE
     #: the fewest training points a fit accepts (validated for every generation of the loop)
     min_train_size: ClassVar[int] = 1
 
@@ -36,14 +137,44 @@ class ModelConfig(Section):
         return None
 
     def bias_problem(self, bias: float) -> str | None:
-        """Why ``sampling.bias`` is invalid for this family, or None. Default: λ in (0, 1]."""
+        """Why the bias λ is invalid for this family, or None. Default: λ in (0, 1]."""
         if not 0.0 < bias <= 1.0:
             return f"must be in (0, 1] for family '{self.family}', got {bias}"
         return None
 
+    def bias_data_problem(self, bias: float, data: DataConfig) -> str | None:
+        """Why this family cannot sample with bias λ from models of ``data``, or None (e.g.
+        guidance needs labels)."""
+        return None
+
+
+def reals_problem(family: str, data: DataConfig) -> str | None:
+    """Why a family of real-valued vectors / images cannot fit ``data``, or None."""
+    if data.kind == "tokens":
+        return (
+            f"family '{family}' needs real-valued vectors or images, got data.source = "
+            f"'{data.source}' (token ids); for tokens use family 'categorical', 'ngram' or "
+            "'char-transformer'"
+        )
+    return None
+
+
+class SamplingInput(Section):
+    """The ``[sampling]`` table as written: λ as ``bias`` or one native key of the family."""
+
+    bias: float | None = None
+    guidance_scale: float | None = None  # ddpm: w >= 0
+    truncation: float | None = None  # gan ψ, vae τ, in (0, 1]
+    temperature: float | None = None  # categorical, ngram, char-transformer
+    knob: dict[str, float] | None = None  # derived (resolved configs write it); re-checked
+
 
 class SamplingConfig(Section):
+    """The resolved ``[sampling]`` table: ``bias`` is the paper's λ for every family (1 = no
+    bias) and ``knob`` the family's native value(s) it maps to, e.g. ``{"guidance_scale": 1.0}``."""
+
     bias: float = 1.0
+    knob: dict[str, float] = Field(default_factory=dict)
 
 
 #: a size per generation: an int, or a list whose last value repeats

@@ -8,7 +8,7 @@ uses in ``exact`` mode.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -22,6 +22,7 @@ from madloop.types import REAL, Points
 
 class CategoricalDataConfig(DataConfig):
     source: Literal["categorical"] = "categorical"
+    kind: ClassVar[str] = "tokens"
     symbols: int = Field(100, ge=2, le=10_000_000)  # V (for "corpus": keep the V most frequent)
     distribution: Literal["uniform", "zipf", "corpus"] = "zipf"
     exponent: float = Field(1.0, gt=0.0, le=10.0)  # Zipf: p_i ∝ i^(-exponent), i = 1..V

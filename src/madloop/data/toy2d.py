@@ -10,7 +10,7 @@ share) need only that. Labels travel in ``Points.y``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
@@ -23,6 +23,7 @@ from madloop.types import REAL, Points
 
 
 class Toy2DConfig(DataConfig):
+    labelled: ClassVar[bool] = True  # each point's label is its mode
     #: σ of each mode (for moons: of the noise around each arc)
     std: float = Field(0.1, gt=0.0, le=10.0)
     #: evaluation sample drawn from each model per generation by the metrics

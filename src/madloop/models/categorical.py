@@ -13,31 +13,29 @@ law: ``exact`` carries counts only (a generation is one multinomial draw per cha
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import ClassVar, Literal, Self
 
 import numpy as np
 from pydantic import Field
 
-from madloop.config import DataConfig, ModelConfig
+from madloop.config import TEMPERATURE, BiasKnob, DataConfig, ModelConfig
 from madloop.counts import Counts, counts_from_tokens, points_from_counts, sample_counts
 from madloop.models.base import FamilySpec, check_is_fitted, register_family
 from madloop.types import Points
 
-MAX_TEMPERATURE = 100.0
+MAX_TEMPERATURE = TEMPERATURE.max_lambda  # sampling.temperature above 1 flattens
+
+
+def bias_knob(lam: float) -> dict[str, float]:
+    """The sampling temperature for the paper's bias λ: ``{"temperature": λ}``."""
+    return CategoricalConfig.bias_knob.knob(lam)
 
 
 class CategoricalConfig(ModelConfig):
     family: Literal["categorical"] = "categorical"
+    bias_knob: ClassVar[BiasKnob] = TEMPERATURE  # T = λ; sampling.temperature > 1 flattens
     mode: Literal["exact", "sample"] = "exact"  # exact: counts only (same law, O(R V) a step)
     alpha: float = Field(0.0, ge=0.0, le=1e6)  # add-α smoothing; 0 = MLE (Wright–Fisher)
-
-    def bias_problem(self, bias: float) -> str | None:
-        if not 0.0 < bias <= MAX_TEMPERATURE:
-            return (
-                f"is the sampling temperature for family 'categorical': must be in "
-                f"(0, {MAX_TEMPERATURE:g}], got {bias}"
-            )
-        return None
 
     def data_problem(self, data: DataConfig) -> str | None:
         if data.source != "categorical":

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Self
+from typing import ClassVar, Literal, Self
 
 import numpy as np
 import torch
@@ -25,12 +25,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from madloop.config import DataConfig, ModelConfig
+from madloop.config import TEMPERATURE, BiasKnob, DataConfig, ModelConfig
 from madloop.models.base import FamilySpec, NotFittedError, PerReplicate, register_family
 from madloop.models.decoding import draw, filter_probabilities
 from madloop.models.torchkit import resolve_device
 
-MAX_TEMPERATURE = 100.0
+MAX_TEMPERATURE = TEMPERATURE.max_lambda  # sampling.temperature above 1 flattens
+
+
+def bias_knob(lam: float) -> dict[str, float]:
+    """The sampling temperature for the paper's bias λ: ``{"temperature": λ}``."""
+    return CharTransformerConfig.bias_knob.knob(lam)
 
 
 @dataclass
@@ -122,6 +127,7 @@ class GPT(nn.Module):
 
 class CharTransformerConfig(ModelConfig):
     family: Literal["char-transformer"] = "char-transformer"
+    bias_knob: ClassVar[BiasKnob] = TEMPERATURE  # T = λ; sampling.temperature > 1 flattens
     n_layer: int = Field(2, ge=1, le=48)
     n_head: int = Field(2, ge=1, le=64)
     n_embd: int = Field(64, ge=8, le=4096)
@@ -142,14 +148,6 @@ class CharTransformerConfig(ModelConfig):
                 f"n_embd: must be a multiple of n_head ({self.n_head}), got {self.n_embd}"
             )
         return self
-
-    def bias_problem(self, bias: float) -> str | None:
-        if not 0.0 < bias <= MAX_TEMPERATURE:
-            return (
-                "is the sampling temperature for family 'char-transformer': must be in "
-                f"(0, {MAX_TEMPERATURE:g}], got {bias}"
-            )
-        return None
 
     def data_problem(self, data: DataConfig) -> str | None:
         if data.source != "text":

@@ -6,10 +6,11 @@ ancestral sampler); Nichol & Dhariwal (2021) (cosine noise schedule); Ho & Salim
 sampler); Alemohammad et al. (2024) "Self-Consuming Generative Models Go MAD" (guidance as
 sampling bias).
 
-The bias is the guidance scale w >= 0: ε̂ = (1 + w) ε(x, t, c) - w ε(x, t, ∅). w = 0 is the plain
-conditional model (no bias). The MAD paper reports bias as λ in (0, 1] with λ = 1 meaning none; we
-report w also as λ = 1 / (1 + w) (:func:`guidance_to_lambda`), so w = 0 <-> λ = 1 and w -> ∞ <->
-λ -> 0; for instance w = 1 is λ = 0.5 and w = 3 is λ = 0.25.
+The bias is the paper's λ in (0, 1] (``sampling.bias``, 1 = none), sampled as classifier-free
+guidance w = 1/λ - 1 >= 0 (:func:`bias_knob`, :func:`lambda_to_guidance`; natively
+``sampling.guidance_scale = w``): ε̂ = (1 + w) ε(x, t, c) - w ε(x, t, ∅). λ = 1 <-> w = 0 is the
+plain conditional model and λ -> 0 <-> w -> ∞; for instance λ = 0.5 is w = 1 and λ = 0.25 is w = 3.
+Guidance needs class labels: λ < 1 on unlabelled data is a config error.
 
 The network is an MLP for vector data (2-D toys) and a small U-Net for images. Labels are
 dropped with probability ``label_dropout`` during training so the same network also learns the
@@ -20,7 +21,7 @@ class frequencies (``class_prior_``), so a loop can drift in class balance as we
 from __future__ import annotations
 
 import math
-from typing import Literal, Self
+from typing import ClassVar, Literal, Self
 
 import numpy as np
 import torch
@@ -28,6 +29,8 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
+from madloop.config import GUIDANCE, BiasKnob, DataConfig
+from madloop.config.sections import number, reals_problem
 from madloop.models.base import FamilySpec, PerReplicate, check_is_fitted, register_family
 from madloop.models.torchkit import (
     TorchModelConfig,
@@ -40,6 +43,11 @@ from madloop.models.torchkit import (
     threads,
     torch_generator,
 )
+
+
+def bias_knob(lam: float) -> dict[str, float]:
+    """The guidance scale for the paper's bias λ: ``{"guidance_scale": 1/λ - 1}``."""
+    return DDPMConfig.bias_knob.knob(lam)
 
 
 def guidance_to_lambda(w: float) -> float:
@@ -69,6 +77,7 @@ class DDPMConfig(TorchModelConfig):
     hidden: int = Field(128, ge=8, le=8192)  # MLP width
     channels: int = Field(16, ge=8, le=1024)  # U-Net base width (images), a multiple of 8
     label_dropout: float = Field(0.1, ge=0.0, le=1.0)  # p(uncond) in training, for guidance
+    bias_knob: ClassVar[BiasKnob] = GUIDANCE  # λ = 1/(1+w)
 
     @field_validator("channels")
     @classmethod
@@ -77,11 +86,17 @@ class DDPMConfig(TorchModelConfig):
             raise ValueError(f"must be a multiple of 8 (GroupNorm uses 8 groups), got {v}")
         return v
 
-    def bias_problem(self, bias: float) -> str | None:
-        if not (math.isfinite(bias) and bias >= 0.0):
+    def data_problem(self, data: DataConfig) -> str | None:
+        return reals_problem("ddpm", data)
+
+    def bias_data_problem(self, bias: float, data: DataConfig) -> str | None:
+        if bias < 1.0 and not data.labelled:
+            w = number(GUIDANCE.forward(bias))
             return (
-                f"is the guidance scale w for family 'ddpm' and must be >= 0 (0 = no guidance, "
-                f"λ = 1/(1+w)), got {bias}"
+                f"λ = {number(bias)} is classifier-free guidance w = {w} for family 'ddpm', which "
+                f"needs class labels, and data.source = '{data.source}' has none; use λ = 1 "
+                "(no guidance) or a labelled source (grid, ring, moons, digits, mnist, "
+                "fashion-mnist)"
             )
         return None
 
@@ -306,16 +321,17 @@ class DDPM:
 
     # -- sampling ----------------------------------------------------------------------------------
     def sample(
-        self, n: int, *, bias: float = 0.0, rng: np.random.Generator
+        self, n: int, *, bias: float = 1.0, rng: np.random.Generator
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """n samples with guidance scale w = ``bias``; (X, y) when class-conditional."""
+        """n samples at bias λ = ``bias``, i.e. guidance w = 1/λ - 1 (λ = 1: none); (X, y) when
+        class-conditional."""
         check_is_fitted(self, "net_")
-        w = float(bias)
-        if w < 0 or not math.isfinite(w):
-            raise ValueError(f"ddpm: the guidance scale (sampling.bias) must be >= 0, got {w}")
+        if not 0.0 < bias <= 1.0:
+            raise ValueError(f"ddpm: the bias λ (sampling.bias) must be in (0, 1], got {bias}")
+        w = lambda_to_guidance(float(bias))
         if w > 0 and self.n_classes_ == 0:
             raise ValueError(
-                "ddpm: guidance (sampling.bias > 0) needs class labels, and this data has none"
+                "ddpm: guidance (sampling.bias < 1) needs class labels, and this data has none"
             )
         y = rng.choice(self.n_classes_, size=n, p=self.class_prior_) if self.n_classes_ else None
         g = torch_generator(rng, self.device)

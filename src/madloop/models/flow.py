@@ -27,7 +27,8 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
-from madloop.config import ModelConfig
+from madloop.config import DataConfig, ModelConfig
+from madloop.config.sections import reals_problem
 from madloop.models.base import FamilySpec, PerReplicate, check_is_fitted, register_family
 from madloop.models.torchkit import (
     check_device,
@@ -63,6 +64,14 @@ class FlowConfig(ModelConfig):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     _device = field_validator("device")(check_device)
+
+    def data_problem(self, data: DataConfig) -> str | None:
+        return reals_problem("flow", data)
+
+
+def bias_knob(lam: float) -> dict[str, float]:
+    """The latent variance scale for the paper's bias λ: ``{"variance_scale": λ}``."""
+    return FlowConfig.bias_knob.knob(lam)
 
 
 # -- the network ----------------------------------------------------------------------------------

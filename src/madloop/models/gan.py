@@ -8,9 +8,10 @@ References:
   truncation trick w' = w̄ + ψ (w - w̄), which Alemohammad et al. (ICLR 2024) use as the sampling
   bias of their StyleGAN experiments.
 
-Bias: ``sample(n, bias=ψ)`` draws z ~ N(0, I) and feeds ψ z to the generator (ψ in (0, 1]). This is
-StyleGAN's truncation applied in the input latent space, whose mean w̄ is known to be 0 (an MLP
-generator has no mapping network to average over); it scales every latent rather than resampling
+Bias: ``sample(n, bias=λ)`` draws z ~ N(0, I) and feeds ψ z to the generator, ψ = √λ in (0, 1]
+(the latent variance times λ, as in the Gaussian family; natively ``sampling.truncation = ψ``).
+This is StyleGAN's truncation applied in the input latent space, whose mean w̄ is known to be 0 (an
+MLP generator has no mapping network to average over); it scales every latent rather than resampling
 the coordinates beyond a threshold (BigGAN's variant), so ψ = 1 is unbiased sampling and ψ -> 0
 collapses all samples onto G(0).
 
@@ -22,14 +23,15 @@ shares.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Self
+from typing import Annotated, ClassVar, Literal, Self
 
 import numpy as np
 import torch
 from pydantic import Field, field_validator
 from torch import nn
 
-from madloop.config import ModelConfig
+from madloop.config import TRUNCATION, BiasKnob, DataConfig, ModelConfig
+from madloop.config.sections import reals_problem
 from madloop.models.base import FamilySpec, PerReplicate, check_is_fitted, register_family
 from madloop.models.torchkit import (
     check_device,
@@ -67,10 +69,15 @@ class GANConfig(ModelConfig):
 
     _device = field_validator("device")(check_device)
 
-    def bias_problem(self, bias: float) -> str | None:
-        if not 0.0 < bias <= 1.0:
-            return f"is the truncation ψ for family 'gan' and must be in (0, 1], got {bias}"
-        return None
+    bias_knob: ClassVar[BiasKnob] = TRUNCATION  # ψ = √λ
+
+    def data_problem(self, data: DataConfig) -> str | None:
+        return reals_problem("gan", data)
+
+
+def bias_knob(lam: float) -> dict[str, float]:
+    """The latent truncation for the paper's bias λ: ``{"truncation": √λ}``."""
+    return GANConfig.bias_knob.knob(lam)
 
 
 # Adam's β1 = 0.5, β2 = 0.9 as in WGAN-GP: a smaller first moment damps the adversarial rotation.
@@ -217,16 +224,19 @@ class GANModel:
     def sample(
         self, n: int, *, bias: float = 1.0, rng: np.random.Generator
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """n samples with truncation ψ = bias: x = G(ψ z), z ~ N(0, I). Returns X of shape
-        (n, *event), or (X, y) when the model is class-conditional."""
+        """n samples at bias λ = ``bias``: truncation ψ = √λ, x = G(ψ z), z ~ N(0, I). Returns X
+        of shape (n, *event), or (X, y) when the model is class-conditional."""
         check_is_fitted(self, "generator_")
+        if not 0.0 < bias <= 1.0:
+            raise ValueError(f"gan: the bias λ (sampling.bias) must be in (0, 1], got {bias}")
+        psi = TRUNCATION.forward(bias)
         K = len(self.classes_)
         idx = rng.choice(K, size=n, p=self.class_prior_) if K else np.zeros(n, dtype=np.int64)
         gen = torch_generator(rng, self.device_)
         with torch.no_grad():
             z = torch.randn(n, self.config.latent_dim, generator=gen, device=self.device_)
             c = one_hot(torch.as_tensor(idx, device=self.device_), K)  # (n, K)
-            x = self.generator_(bias * z, c).cpu().numpy().astype(float)  # (n, D)
+            x = self.generator_(psi * z, c).cpu().numpy().astype(float)  # (n, D)
         X = (x * self.scale_ + self.mean_).reshape((n, *self.event_shape_))
         return (X, self.classes_[idx]) if K else X
 

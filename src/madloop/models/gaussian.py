@@ -36,6 +36,11 @@ class GaussianConfig(ModelConfig):
         return event_size * event_size + event_size + 1
 
 
+def bias_knob(lam: float) -> dict[str, float]:
+    """The covariance scale for the paper's bias λ: ``{"variance_scale": λ}``."""
+    return GaussianConfig.bias_knob.knob(lam)
+
+
 class GaussianFamily:
     """R replicate Gaussian models.
 

@@ -18,34 +18,32 @@ see :mod:`madloop.models.decoding`.
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import ClassVar, Literal, Self
 
 import numpy as np
 from pydantic import Field
 
-from madloop.config import DataConfig, ModelConfig
+from madloop.config import TEMPERATURE, BiasKnob, DataConfig, ModelConfig
 from madloop.models.base import FamilySpec, PerReplicate, check_is_fitted, register_family
 from madloop.models.decoding import draw, filter_probabilities
 
-MAX_TEMPERATURE = 100.0
+MAX_TEMPERATURE = TEMPERATURE.max_lambda  # sampling.temperature above 1 flattens
+
+
+def bias_knob(lam: float) -> dict[str, float]:
+    """The sampling temperature for the paper's bias λ: ``{"temperature": λ}``."""
+    return NGramConfig.bias_knob.knob(lam)
 
 
 class NGramConfig(ModelConfig):
     family: Literal["ngram"] = "ngram"
+    bias_knob: ClassVar[BiasKnob] = TEMPERATURE  # T = λ; sampling.temperature > 1 flattens
     order: int = Field(3, ge=1, le=8)  # n: the context is the previous n-1 tokens
     smoothing: Literal["kneser-ney", "add-alpha"] = "kneser-ney"
     alpha: float = Field(0.01, gt=0.0, le=1e3)  # add-alpha pseudo-count
     discount: float = Field(0.75, gt=0.0, lt=1.0)  # Kneser–Ney absolute discount D
     top_k: int = Field(0, ge=0)  # sampling: keep the k most likely next tokens (0 = all)
     top_p: float = Field(1.0, gt=0.0, le=1.0)  # sampling: nucleus mass (1 = all)
-
-    def bias_problem(self, bias: float) -> str | None:
-        if not 0.0 < bias <= MAX_TEMPERATURE:
-            return (
-                f"is the sampling temperature for family 'ngram': must be in "
-                f"(0, {MAX_TEMPERATURE:g}], got {bias}"
-            )
-        return None
 
     def data_problem(self, data: DataConfig) -> str | None:
         if data.source != "text":

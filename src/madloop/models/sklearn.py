@@ -170,6 +170,11 @@ class SklearnConfig(ModelConfig):
         return None
 
 
+def bias_knob(lam: float) -> dict[str, float]:
+    """The covariance (or bandwidth²) scale for the paper's bias λ: ``{"variance_scale": λ}``."""
+    return SklearnConfig.bias_knob.knob(lam)
+
+
 # -- samplers and moments of the built-in estimators ---------------------------------------------
 def mixture_factors(est: Any) -> np.ndarray:
     """Lower Cholesky factors of the K component covariances, (K, d, d), for any

@@ -4,7 +4,8 @@ References: Kingma & Welling (2014) "Auto-Encoding Variational Bayes"; Sohn, Lee
 (conditional VAE: encoder and decoder both see the label); Alemohammad et al. (2024) (sampling bias
 λ in (0, 1], λ = 1 meaning none).
 
-The bias is the latent temperature τ = ``sampling.bias`` in (0, 1]: samples decode z = τ ε with
+The bias λ = ``sampling.bias`` in (0, 1] is a latent scale τ = √λ (the latent variance times λ;
+natively ``sampling.truncation = τ``): samples decode z = τ ε with
 ε ~ N(0, I), so τ = 1 samples the prior and τ < 1 draws closer to its mode, trading diversity for
 typicality (the VAE analogue of the truncation trick). A sample is the decoder's mean: pixel
 probabilities for images (a Bernoulli decoder), the Gaussian decoder mean for vectors (standardised
@@ -16,7 +17,7 @@ class from the training set's class frequencies (``class_prior_``).
 from __future__ import annotations
 
 import math
-from typing import Literal, Self
+from typing import ClassVar, Literal, Self
 
 import numpy as np
 import torch
@@ -24,6 +25,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from madloop.config import LATENT_SCALE, BiasKnob, DataConfig
+from madloop.config.sections import reals_problem
 from madloop.models.base import FamilySpec, PerReplicate, check_is_fitted, register_family
 from madloop.models.torchkit import (
     TorchModelConfig,
@@ -45,13 +48,15 @@ class VAEConfig(TorchModelConfig):
     hidden: int = Field(256, ge=8, le=8192)
     kl_weight: float = Field(1.0, gt=0.0, le=1000.0)  # β of β-VAE; 1 is the ELBO
 
-    def bias_problem(self, bias: float) -> str | None:
-        if not 0.0 < bias <= 1.0:
-            return (
-                f"is the latent temperature τ for family 'vae' and must be in (0, 1] "
-                f"(1 = sample the prior, no bias), got {bias}"
-            )
-        return None
+    bias_knob: ClassVar[BiasKnob] = LATENT_SCALE  # τ = √λ
+
+    def data_problem(self, data: DataConfig) -> str | None:
+        return reals_problem("vae", data)
+
+
+def bias_knob(lam: float) -> dict[str, float]:
+    """The latent scale for the paper's bias λ: ``{"latent_scale": √λ}`` (latent variance × λ)."""
+    return VAEConfig.bias_knob.knob(lam)
 
 
 class CVAE(nn.Module):
@@ -186,13 +191,12 @@ class VAE:
     def sample(
         self, n: int, *, bias: float = 1.0, rng: np.random.Generator
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """n decoder means at latent temperature τ = ``bias``; (X, y) when class-conditional."""
+        """n decoder means at bias λ = ``bias``: latent scale τ = √λ; (X, y) when
+        class-conditional."""
         check_is_fitted(self, "net_")
-        tau = float(bias)
-        if not 0.0 < tau <= 1.0:
-            raise ValueError(
-                f"vae: the latent temperature (sampling.bias) must be in (0, 1], got {tau}"
-            )
+        if not 0.0 < bias <= 1.0:
+            raise ValueError(f"vae: the bias λ (sampling.bias) must be in (0, 1], got {bias}")
+        tau = LATENT_SCALE.forward(float(bias))
         y = rng.choice(self.n_classes_, size=n, p=self.class_prior_) if self.n_classes_ else None
         g = torch_generator(rng, self.device)
         labels = torch.as_tensor(y if y is not None else np.zeros(n, np.int64), device=self.device)

@@ -74,17 +74,31 @@ def config_diff(base: dict[str, Any], arm: dict[str, Any]) -> list[str]:
     ]
 
 
-def describe_arm(config: dict[str, Any]) -> str:
-    """One line: what this arm's loop does."""
+def bias_text(config: dict[str, Any], entry: dict[str, Any] | None = None) -> str:
+    """The arm's bias in both forms, ``λ = 0.5 (guidance w = 1)``: the manifest's ``bias`` entry,
+    else λ and the resolved ``sampling.knob``."""
+    if entry and entry.get("text"):
+        return str(entry["text"])
+    sampling = config.get("sampling", {}) or {}
+    if "bias" not in sampling:
+        return ""
+    knob = sampling.get("knob") or {}
+    native = ", ".join(f"{k} = {fmt(v)}" for k, v in knob.items())
+    return f"λ = {fmt(sampling['bias'])}" + (f" ({native})" if native else "")
+
+
+def describe_arm(config: dict[str, Any], bias: dict[str, Any] | None = None) -> str:
+    """One line: what this arm's loop does (``bias``: the manifest's entry for the arm)."""
     loop, model = config.get("loop", {}), config.get("model", {})
-    data, sampling = config.get("data", {}), config.get("sampling", {})
+    data = config.get("data", {})
     parts = [str(loop.get("regime", "?"))]
     fam = str(model.get("family", "?"))
     if model.get("mode"):
         fam += f" ({model['mode']})"
     parts.append(f"{fam} on {data.get('source', '?')}")
-    if "bias" in sampling:
-        parts.append(f"bias λ = {sampling['bias']}")
+    shown = bias_text(config, bias)
+    if shown:
+        parts.append(shown)
     if "real_size" in loop or "synthetic_size" in loop:
         parts.append(
             f"{loop.get('real_size', 0)} real + {loop.get('synthetic_size', 0)} synthetic per "
@@ -174,6 +188,7 @@ def run_part(path: Path, title: str | None = None, *, cutoff: float | None = Non
     name = title or manifest.get("name") or path.name
     part = Part(id=slug(str(name)), title=str(name), kind="run", path=str(path))
     arms_cfg: dict[str, dict[str, Any]] = manifest.get("arms", {}) or {}
+    biases: dict[str, dict[str, Any]] = manifest.get("bias", {}) or {}
 
     T = int(summary["generation"].max()) if len(summary) else 0
     chains = pd.to_numeric(summary["n"], errors="coerce").max() if len(summary) else np.nan
@@ -181,7 +196,7 @@ def run_part(path: Path, title: str | None = None, *, cutoff: float | None = Non
     part.description.append(f"{summary['arm'].nunique()} arm(s), {T} generations{each}.")
     found = fnd.findings(summary, cutoff)
     for arm in found.arms:
-        what = describe_arm(arms_cfg[arm.arm]) if arm.arm in arms_cfg else ""
+        what = describe_arm(arms_cfg[arm.arm], biases.get(arm.arm)) if arm.arm in arms_cfg else ""
         part.arms.append(
             {"arm": arm.arm, "verdict": arm.verdict, "what": what, "sentences": arm.sentences}
         )
@@ -194,7 +209,7 @@ def run_part(path: Path, title: str | None = None, *, cutoff: float | None = Non
     config = manifest.get("config", {})
     part.config_text = to_toml(config) if config else ""
     for arm, cfg in arms_cfg.items():
-        part.arm_configs.append((arm, describe_arm(cfg), config_diff(config, cfg)))
+        part.arm_configs.append((arm, describe_arm(cfg, biases.get(arm)), config_diff(config, cfg)))
     return part
 
 

@@ -7,6 +7,7 @@ import difflib
 import hashlib
 import itertools
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,8 @@ from madloop.config import (
     regime_configs,
     resolve_arms,
 )
+from madloop.config.arms import own_bias
+from madloop.config.sections import NATIVE_KEYS
 
 #: top-level keys a grid may set besides the tables' fields (seeds come from ``seeds = K``)
 SWEEPABLE_TOP = ("generations", "replicates", "include_base")
@@ -119,9 +122,9 @@ def _field_names(raw: Mapping[str, Any], table: str, grid: Mapping[str, list[Any
         "loop": (regime_configs(), "regime", "fully-synthetic"),
     }.get(table, (None, None, None))
     if registry is None:
-        from madloop.config import SamplingConfig
+        from madloop.config.sections import SamplingInput
 
-        return set(SamplingConfig.model_fields)
+        return set(SamplingInput.model_fields) - {"knob"}
     choices = {c for c in grid.get(f"{table}.{selector}", []) if isinstance(c, str)}
     base = (raw.get(table) or {}).get(selector, default)
     choices |= {base} if base is not None else set()
@@ -189,7 +192,9 @@ def plan(config: Any) -> SweepPlan:
     invalid: list[str] = []
     warnings: list[str] = []
     for point in points:
-        point_raw = deep_merge(nest_dotted(base_raw), nest_dotted(point))
+        point_raw = own_bias(  # a swept bias (any form) replaces the base's
+            deep_merge(nest_dotted(base_raw), nest_dotted(point)), base_raw, nest_dotted(point)
+        )
         for section, key in (("model", "family"), ("data", "source")):
             # a swept family/source drops the base's fields that belong to the old one
             swept = point.get(f"{section}.{key}")
@@ -203,7 +208,7 @@ def plan(config: Any) -> SweepPlan:
             continue
         for arm in arms[1:] if arms[0].name == "base" else arms:
             for key, value in point.items():
-                if _lookup(arm.config.to_dict(), key) != value:
+                if _swept_value(arm, key, value) != value:
                     warnings.append(
                         f"arm '{arm.name}' overrides swept key {key}: it runs with its own value"
                     )
@@ -223,6 +228,18 @@ def _parse_base(raw: Mapping[str, Any]) -> tuple[Any, Any]:
     from madloop.config import parse
 
     return parse(raw)
+
+
+def _swept_value(arm: Any, key: str, value: Any) -> Any:
+    """The arm's value of a swept key; a native bias key (``sampling.guidance_scale``) is read
+    back from the arm's λ."""
+    head, _, rest = key.partition(".")
+    knob = arm.config.model.bias_knob
+    if head == "sampling" and rest in NATIVE_KEYS:
+        got = knob.forward(arm.config.sampling.bias) if knob.key == rest else None
+        close = got is not None and isinstance(value, int | float) and math.isclose(got, value)
+        return value if close else got
+    return _lookup(arm.config.to_dict(), key)
 
 
 def _lookup(config: Mapping[str, Any], dotted: str) -> Any:
