@@ -424,6 +424,7 @@ def test_example_phase_diagram_meets_theory(tmp_path):
     """The example sweep end to end (60 tasks): in every cell the mean trace ratio at the last
     generation is within 5 standard errors of the closed form, and fresh data lifts it."""
     res = sweep(ROOT / "examples/fresh-data-phase.toml", out=tmp_path, workers=2)
+    res.write_plots()  # what `madloop sweep` does after the sweep
     assert res.errors == {} and len(res.status) == 60
     keys = ["sampling.bias", "loop.real_size"]
     last = res.results[(res.results.metric == "trace_ratio") & (res.results.generation == 50)]
