@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -33,6 +31,7 @@ from madloop.cli import app
 from madloop.config import ConfigError
 from madloop.experiment import run
 from madloop.types import Frame, Points, Stats
+from processes import madloop_run
 
 SLOW_CFG = """
 name = "killme"
@@ -99,22 +98,11 @@ def crash_at(arm: str, generation: int):
     return progress
 
 
-def _madloop(*args: str) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-    return subprocess.Popen(
-        [sys.executable, "-m", "madloop.cli", "run", *args, "-q", "--no-plots"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-
-
 def test_sigkill_mid_loop_then_resume_is_bit_exact(tmp_path: Path) -> None:
     cfg = tmp_path / "slow.toml"
     cfg.write_text(SLOW_CFG)
     killed, ref = tmp_path / "killed", tmp_path / "ref"
-    proc = _madloop(str(cfg), "--out", str(killed))
+    proc = madloop_run(str(cfg), "--out", str(killed))
     target = killed / "checkpoints" / "fresh"
     deadline = time.monotonic() + 120
     try:
@@ -136,11 +124,11 @@ def test_sigkill_mid_loop_then_resume_is_bit_exact(tmp_path: Path) -> None:
     assert done["finished"] and done["generation"] == 40
     base_mtime = base_index.stat().st_mtime_ns
 
-    again = _madloop(str(cfg), "--out", str(killed))  # without --resume: refused
+    again = madloop_run(str(cfg), "--out", str(killed))  # without --resume: refused
     _, err = again.communicate(timeout=120)
     assert again.returncode == 2 and "--resume" in err and "Traceback" not in err
 
-    resumed = _madloop(str(cfg), "--out", str(killed), "--resume")
+    resumed = madloop_run(str(cfg), "--out", str(killed), "--resume")
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     assert "arm 'base': finished at generation 40; not recomputed" in err

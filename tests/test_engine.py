@@ -24,7 +24,8 @@ from madloop.loop import Engine, Loop
 from madloop.metrics.base import METRIC_SUITES, MetricSuite, register_suite
 from madloop.models.base import FitFailed
 from madloop.pool import PoolLoop, build_pool
-from test_checkpoint import _madloop
+from processes import madloop_run
+from toy_models import ToyDiagonal
 
 POOL_CFG = """
 name = "pool-kill"
@@ -85,10 +86,10 @@ def _kill_resume_compare(tmp_path: Path, text: str, arm: str) -> tuple[Path, str
     cfg = tmp_path / "cfg.toml"
     cfg.write_text(text)
     killed, ref = tmp_path / "killed", tmp_path / "ref"
-    proc = _madloop(str(cfg), "--out", str(killed))
+    proc = madloop_run(str(cfg), "--out", str(killed))
     _kill_when(proc, killed / "checkpoints" / arm, 4)
     assert not (killed / "metrics.parquet").exists()  # it really died mid-loop
-    resumed = _madloop(str(cfg), "--out", str(killed), "--resume")
+    resumed = madloop_run(str(cfg), "--out", str(killed), "--resume")
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     run(str(cfg), out=ref)  # uninterrupted
@@ -190,7 +191,7 @@ def test_pool_metrics_are_measured_with_each_lineages_bias(bias_suite) -> None:
 
 
 # -- a failing chain of one lineage ----------------------------------------------------------------
-class Flaky:
+class Flaky(ToyDiagonal):
     """A diagonal Gaussian fitted one data set at a time; the instance made ``fail_on`` fails
     its third fit (raising FitFailed, or with a NaN scale)."""
 
@@ -199,27 +200,17 @@ class Flaky:
     how = "raise"
 
     def __init__(self) -> None:
+        super().__init__()
         self.index, self.fits = next(Flaky.made), 0
-        self.loc_ = self.scale_ = None
 
     def fit(self, X, y=None, *, rng):
+        super().fit(X, rng=rng)
         self.fits += 1
-        self.loc_, self.scale_ = X.mean(axis=0), X.std(axis=0, ddof=1)
         if self.index == Flaky.fail_on and self.fits == 3:
             if Flaky.how == "raise":
                 raise FitFailed("loss is NaN")
             self.scale_ = np.full_like(self.scale_, np.nan)
         return self
-
-    def sample(self, n, *, bias, rng):
-        return self.loc_ + np.sqrt(bias) * self.scale_ * rng.standard_normal((n, self.loc_.size))
-
-    def get_state(self):
-        return {} if self.loc_ is None else {"loc": self.loc_, "scale": self.scale_}
-
-    def set_state(self, state):
-        if state:
-            self.loc_, self.scale_ = np.asarray(state["loc"]), np.asarray(state["scale"])
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from madloop.config import ConfigError, parse
 from madloop.experiment import run
 from madloop.pool import WebPool, build_pool
 from madloop.theory.pool import curation_contraction
+from toy_models import ToyDiagonal
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -413,29 +414,6 @@ def test_regime_has_no_single_chain_recipe():
 
 
 # -- any family: a toy one-data-set model wrapped by PerReplicate ----------------------------------
-class ToyDiagonal:
-    """A diagonal Gaussian fitted one data set at a time (scikit-learn style), for the pool's
-    family-agnostic path: snapshots via get_state/set_state, sample-mode mixing of families."""
-
-    def __init__(self) -> None:
-        self.loc_ = None
-        self.scale_ = None
-
-    def fit(self, X, y=None, *, rng):
-        self.loc_, self.scale_ = X.mean(axis=0), X.std(axis=0, ddof=1)
-        return self
-
-    def sample(self, n, *, bias, rng):
-        return self.loc_ + np.sqrt(bias) * self.scale_ * rng.standard_normal((n, self.loc_.size))
-
-    def get_state(self):
-        return {} if self.loc_ is None else {"loc": self.loc_, "scale": self.scale_}
-
-    def set_state(self, state):
-        if state:
-            self.loc_, self.scale_ = np.asarray(state["loc"]), np.asarray(state["scale"])
-
-
 @pytest.fixture
 def toy_family():
     from typing import Literal
