@@ -299,7 +299,11 @@ def registrations_payload() -> bytes | None:
 
 def install_registrations(payload: bytes | None) -> None:
     """Register the families of ``payload`` in this (worker) process, unless this process
-    registered them itself (the serial executor) or already installed this very payload."""
+    registered them itself (the serial executor) or already installed this very payload.
+
+    ``payload`` only ever travels in memory, from the sweep's own driver to its workers inside
+    the task the executor already pickles; it is never written to or read from a file, so no
+    file a user is handed can reach this ``loads``."""
     if payload is None:
         return
     digest = hashlib.sha256(payload).hexdigest()
