@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -288,3 +289,19 @@ def test_manifest_and_report_show_both_forms(tmp_path):
     assert res.exit_code == 0, res.output
     page = out.read_text()
     assert "λ = 0.5 (guidance w = 1)" in page and "bias λ =" not in page
+
+
+def test_summary_csv_shows_both_forms_of_the_bias(tmp_path):
+    from madloop.experiment import run
+
+    cfg = {
+        "name": "b", "generations": 2, "replicates": 2,
+        "data": {"source": "gaussian", "dim": 2}, "model": {"family": "gaussian"},
+        "sampling": {"bias": 0.7}, "loop": {"synthetic_size": 10},
+        "arms": [{"name": "unbiased", "sampling.bias": 1.0}],
+    }  # fmt: skip
+    run(cfg, out=tmp_path)
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    by_arm = summary.groupby("arm")["bias"].unique().to_dict()
+    assert list(by_arm["base"]) == ["λ = 0.7 (variance scale = 0.7)"]
+    assert list(by_arm["unbiased"]) == ["λ = 1 (variance scale = 1)"]

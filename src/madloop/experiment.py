@@ -183,6 +183,21 @@ def _run_arms(
     return assemble_result(base, arms, frames, prov, modes, timings, started, extra)
 
 
+def bias_texts(arms: list[Arm]) -> dict[str, str]:
+    """Each label's sampling bias in both forms (``λ = 0.5 (guidance w = 1)``); a web-pool
+    lineage with a bias of its own gets that one."""
+    out = {}
+    for arm in arms:
+        cfg = arm.config
+        out[arm.name] = cfg.bias_text()
+        lineages = getattr(cfg.loop, "lineages", None) or []
+        for lin in lineages:
+            lam = cfg.sampling.bias if lin.bias is None else lin.bias
+            text = cfg.model.bias_knob.describe(lam)
+            out[arm.name if len(lineages) == 1 else f"{arm.name}:{lin.name}"] = text
+    return out
+
+
 def assemble_result(
     base: ExperimentConfig,
     arms: list[Arm],
@@ -196,6 +211,7 @@ def assemble_result(
     """The run's tables and manifest from each arm's records (shared by every engine)."""
     metrics = pd.concat(frames, ignore_index=True)
     summary = summarize(metrics, theory_frame(arms))
+    summary["bias"] = summary["arm"].map(bias_texts(arms)).astype(object)
     provenance = pd.concat(prov, ignore_index=True)
     manifest = {
         "name": base.name,

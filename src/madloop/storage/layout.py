@@ -4,7 +4,8 @@ A **run directory** (``madloop run CONFIG --out DIR``)::
 
     DIR/metrics.parquet     arm, generation, replicate, metric, value (the long table)
     DIR/summary.csv         per arm, generation, metric: mean, std_error, median, q05, q95, n,
-                            theory (:func:`madloop.tables.summarize`)
+                            theory (:func:`madloop.tables.summarize`), bias (λ and the
+                            family's own knob: ``λ = 0.5 (guidance w = 1)``)
     DIR/provenance.csv      every training set's make-up by source and origin generation
     DIR/manifest.json       config, arms, modes, versions, seed, timings (see MANIFEST_KEYS)
     DIR/plots/              metric figures; plots/samples/ the galleries
