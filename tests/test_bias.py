@@ -305,3 +305,14 @@ def test_summary_csv_shows_both_forms_of_the_bias(tmp_path):
     by_arm = summary.groupby("arm")["bias"].unique().to_dict()
     assert list(by_arm["base"]) == ["λ = 0.7 (variance scale = 0.7)"]
     assert list(by_arm["unbiased"]) == ["λ = 1 (variance scale = 1)"]
+
+
+def test_a_unet_on_points_is_refused_at_validation():
+    from madloop.config import ConfigError, validate
+
+    cfg = {
+        "data": {"source": "ring"}, "model": {"family": "ddpm", "architecture": "unet"},
+        "loop": {"synthetic_size": 50},
+    }  # fmt: skip
+    with pytest.raises(ConfigError, match="model.architecture = 'unet' needs image data"):
+        validate(cfg)

@@ -87,6 +87,11 @@ class DDPMConfig(TorchModelConfig):
         return v
 
     def data_problem(self, data: DataConfig) -> str | None:
+        if self.architecture == "unet" and data.kind != "images":
+            return (
+                f"model.architecture = 'unet' needs image data (digits, mnist, fashion-mnist), "
+                f"got '{data.source}'; use model.architecture = 'mlp' (or 'auto')"
+            )
         return reals_problem("ddpm", data)
 
     def bias_data_problem(self, bias: float, data: DataConfig) -> str | None:
