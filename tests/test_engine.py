@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import signal
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from madloop.loop import Engine, Loop
 from madloop.metrics.base import METRIC_SUITES, MetricSuite, register_suite
 from madloop.models.base import FitFailed
 from madloop.pool import PoolLoop, build_pool
-from processes import madloop_run
+from processes import madloop_run, wait_until
 from toy_models import ToyDiagonal
 
 POOL_CFG = """
@@ -67,15 +66,12 @@ loop.synthetic_size = 120
 
 def _kill_when(proc, arm_dir: Path, generation: int) -> None:
     """SIGKILL ``proc`` once ``arm_dir`` holds a checkpoint of ``generation`` or later."""
-    deadline = time.monotonic() + 120
+    def checkpointed() -> bool:
+        found = [int(p.parent.name[3:]) for p in arm_dir.glob("gen*/index.json")]
+        return max(found, default=0) >= generation
+
     try:
-        while time.monotonic() < deadline:
-            done = [int(p.parent.name[3:]) for p in arm_dir.glob("gen*/index.json")]
-            if done and max(done) >= generation:
-                break
-            if proc.poll() is not None:
-                pytest.fail(f"run ended before it could be killed: {proc.communicate()}")
-            time.sleep(0.005)
+        wait_until(proc, checkpointed, 120, f"checkpoint of generation {generation}")
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(timeout=30)

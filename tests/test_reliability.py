@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -16,6 +15,7 @@ from typer.testing import CliRunner
 from _toml import to_toml
 from madloop.cli import app
 from madloop.storage.lock import DirectoryLock
+from processes import madloop_sweep, wait_until
 
 RUNNER = CliRunner()
 
@@ -40,20 +40,10 @@ def test_a_second_sweep_on_a_directory_in_use_is_refused(tmp_path):
     config = long_sweep(tmp_path / "busy.toml")
     out = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "madloop.cli", "sweep", str(config), "--out", str(out)]
-    first = subprocess.Popen(
-        [*cmd, "--executor", "serial", "--quiet", "--no-plots"],
-        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    first = madloop_sweep(str(config), str(out))
     lock = out / ".madloop.lock"
-    deadline = time.monotonic() + 60
     try:
-        while not (lock.exists() and "pid" in lock.read_text()):
-            assert first.poll() is None, "the first sweep ended before the second one started"
-            assert time.monotonic() < deadline, "the first sweep never took its lock"
-            time.sleep(0.02)
+        wait_until(first, lambda: lock.exists() and "pid" in lock.read_text(), 60, "lock taken")
         second = subprocess.run(
             [*cmd, "--executor", "serial", "--no-plots"],
             env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
@@ -117,25 +107,15 @@ def test_a_sweep_killed_mid_task_resumes_that_task_from_its_checkpoint(tmp_path)
 
     config = one_long_task(tmp_path / "long.toml")
     out = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "madloop.cli", "sweep", str(config), "--out", str(out)]
-    proc = subprocess.Popen(
-        [*cmd, "--executor", "serial", "--quiet", "--no-plots"],
-        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = madloop_sweep(str(config), str(out))
     task_dir = out / "tasks" / "sampling.bias=0.9" / "seed=0"
-    deadline = time.monotonic() + 120
+
+    def past_60() -> bool:
+        found = glob.glob(f"{task_dir}/checkpoints/*/gen*/index.json")  # races the writer
+        return max((int(Path(p).parent.name[3:]) for p in found), default=0) >= 60
+
     try:
-        while True:
-            found = glob.glob(f"{task_dir}/checkpoints/*/gen*/index.json")  # races the writer
-            done = [int(Path(p).parent.name[3:]) for p in found]
-            if done and max(done) >= 60:
-                break
-            assert proc.poll() is None, "the sweep ended before it could be killed"
-            assert time.monotonic() < deadline, "no checkpoint past generation 60 in 120 s"
-            time.sleep(0.01)
+        wait_until(proc, past_60, 120, "checkpoint past generation 60")
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
