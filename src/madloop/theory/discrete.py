@@ -40,8 +40,9 @@ exact; the missing mass never decreases (a lost symbol never returns). With ``to
 k most likely symbols of each model, renormalised), m draws from the top-k truncation of the
 TRUE law give Σ_{i<=k} p_i (1 - p_i / P_k)^m + Σ_{i>k} p_i (:func:`top_k_missing_mass`, exact
 for that experiment). In the loop generation 2 truncates generation 1's fitted model, not p, so
-the formula is only an approximation there (below the simulation by 1-17% in our checks, the
-error shrinking as n grows): it is not in the theory column. What holds exactly for t >= 2 is
+the formula is only an approximation there: below the simulated mean by 0.7-17% in seven
+checks (Zipf, V = 50-1000, n = 100-10^4, k = 5-100; the error shrinks as n grows), so it is not
+in the theory column. What holds exactly for t >= 2 is
 missing_mass_t >= 1 - P_k and support_size_t <= k (:func:`top_k_mass`).
 """
 
