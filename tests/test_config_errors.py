@@ -165,7 +165,7 @@ CASES = [
         "arm-unknown-key",
         BASE + '\n[[arms]]\nname = "low"\nsampling.bais = 0.5\n',
         "arms[low].sampling.bais: unknown key; did you mean 'bias'? (valid: bias, guidance_scale, "
-        "knob, temperature, truncation)",
+        "knob, temperature, top_k, truncation)",
     ),
     (
         "arm-without-name",

@@ -34,7 +34,7 @@ def build_loop(arm: Arm) -> Loop:
     """The single-chain engine of an arm: R replicate chains of its family on its regime."""
     cfg = arm.config
     real = real_source(cfg)
-    model = build_model(cfg.model, replicates=cfg.replicates, real=real)
+    model = build_model(cfg.model, replicates=cfg.replicates, real=real, top_k=cfg.sampling.top_k)
     regime = make_regime(cfg.loop)
     return Loop(
         regime,

@@ -154,6 +154,12 @@ def validate(raw: Mapping[str, Any], *, arm: str | None = None) -> ExperimentCon
             problems.append(f"sampling.bias: {why}")
     if loop is not None:
         problems.extend(loop_problems(loop, model))
+        engine = getattr(REGIMES.get(loop.regime), "engine", "loop")
+        if sampling is not None and sampling.top_k and engine != "loop":
+            problems.append(
+                f"sampling.top_k: not supported by regime '{loop.regime}' (its own engine "
+                "builds the models); use a single-chain regime or drop sampling.top_k"
+            )
     if problems:
         raise ConfigError([where + p.lstrip(".") for p in problems])
     assert top_checked is not None
@@ -200,7 +206,27 @@ def resolve_sampling(
     if why:
         problems.append(f"sampling.{key}: {why}")
         return None
-    return SamplingConfig(bias=lam, knob=knob.knob(lam))
+    top_k = top_k_problem(written, model, problems)
+    return SamplingConfig(bias=lam, knob=knob.knob(lam), top_k=top_k)
+
+
+def top_k_problem(written: SamplingInput, model: ModelConfig, problems: list[str]) -> int | None:
+    """``sampling.top_k`` for a family that truncates (``ModelConfig.sampling_top_k``); a k above
+    the vocabulary keeps every symbol (no truncation), as decoders do."""
+    k = written.top_k
+    if k is None:
+        return None
+    if not model.sampling_top_k:
+        problems.append(
+            f"sampling.top_k: not a knob of family '{model.family}' (tail truncation is "
+            "implemented for 'categorical' and 'ngram'); drop sampling.top_k"
+        )
+    elif getattr(model, "top_k", 0):
+        problems.append(
+            f"sampling.top_k: family '{model.family}' also got model.top_k = {model.top_k}; "
+            "give one of them"
+        )
+    return k
 
 
 def knob_hint(model: ModelConfig) -> str:

@@ -10,7 +10,14 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Annotated, Any, ClassVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_serializer,
+)
 
 
 class Section(BaseModel):
@@ -126,6 +133,8 @@ class ModelConfig(Section):
     bias_knob: ClassVar[BiasKnob] = VARIANCE_SCALE
     #: the fewest training points a fit accepts (validated for every generation of the loop)
     min_train_size: ClassVar[int] = 1
+    #: whether the family samples from its top-k symbols given ``sampling.top_k``
+    sampling_top_k: ClassVar[bool] = False
 
     def requested_mode(self) -> str:
         """``"exact"`` or ``"sample"``. A family with an exact (sufficient-statistics) mode
@@ -167,6 +176,7 @@ class SamplingInput(Section):
     truncation: float | None = None  # gan ψ, vae τ, in (0, 1]
     temperature: float | None = None  # categorical, ngram, char-transformer
     knob: dict[str, float] | None = None  # derived (resolved configs write it); re-checked
+    top_k: int | None = Field(None, ge=1)  # categorical, ngram: the k most likely symbols only
 
 
 class SamplingConfig(Section):
@@ -175,6 +185,17 @@ class SamplingConfig(Section):
 
     bias: float = 1.0
     knob: dict[str, float] = Field(default_factory=dict)
+    #: sample only the k most likely symbols of the model, renormalised (None: all); composes
+    #: with the bias (the temperature first, then the cut)
+    top_k: int | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unset_top_k(self, handler: Any) -> dict[str, Any]:
+        """Leave ``top_k`` out when unset: configs and manifests without a cut stay as before."""
+        out = handler(self)
+        if self.top_k is None:
+            out.pop("top_k", None)
+        return out
 
 
 #: a size per generation: an int, or a list whose last value repeats

@@ -1,4 +1,5 @@
-"""A categorical distribution over V symbols as the real law: uniform, Zipf, or corpus counts.
+"""A categorical distribution over V symbols as the real law: uniform, Zipf, corpus counts, or
+an explicit list of probabilities (``distribution = "explicit"``, ``probabilities = [...]``).
 
 The discrete case of model collapse (the Wright–Fisher model of population genetics): a point is
 one symbol id, a batch for R replicates is ``Points.X`` of shape (R, m). The source also draws
@@ -8,6 +9,7 @@ uses in ``exact`` mode.
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -23,20 +25,73 @@ from madloop.types import REAL, Points
 class CategoricalDataConfig(DataConfig):
     source: Literal["categorical"] = "categorical"
     kind: ClassVar[str] = "tokens"
-    symbols: int = Field(100, ge=2, le=10_000_000)  # V (for "corpus": keep the V most frequent)
-    distribution: Literal["uniform", "zipf", "corpus"] = "zipf"
+    # V (for "corpus": keep the V most frequent; for "explicit": len(probabilities))
+    symbols: int = Field(100, ge=2, le=10_000_000)
+    distribution: Literal["uniform", "zipf", "corpus", "explicit"] = "zipf"
     exponent: float = Field(1.0, gt=0.0, le=10.0)  # Zipf: p_i ∝ i^(-exponent), i = 1..V
     corpus: Literal["shakespeare"] = "shakespeare"  # distribution = "corpus": symbol counts of
     level: Literal["char", "word"] = "word"  # its training part, at this level
+    probabilities: list[float] | None = None  # distribution = "explicit": p_1..p_V, as given
+
+    @model_validator(mode="before")
+    @classmethod
+    def _explicit_symbols(cls, data: object) -> object:
+        """An explicit law sets V from its list; a ``symbols`` that disagrees is an error."""
+        if not isinstance(data, dict) or data.get("distribution") != "explicit":
+            return data
+        probs = data.get("probabilities")
+        if not isinstance(probs, list):
+            return data  # the after-validator names the missing list
+        given = data.get("symbols")
+        if given is not None and given != len(probs):
+            raise ValueError(
+                f"probabilities: lists {len(probs)} symbols but data.symbols = {given}; drop "
+                "data.symbols (an explicit law's symbol count is the length of its list)"
+            )
+        return {**data, "symbols": len(probs)}
 
     @model_validator(mode="after")
     def _corpus_ok(self) -> CategoricalDataConfig:
+        if self.distribution == "explicit":
+            if self.probabilities is None:
+                raise ValueError(
+                    "probabilities: required for distribution = 'explicit' (a list of positive "
+                    "numbers summing to 1, e.g. probabilities = [0.5, 0.3, 0.2])"
+                )
+            explicit_problem(self.probabilities)
+        elif self.probabilities is not None:
+            raise ValueError(
+                f"probabilities: only for distribution = 'explicit', got distribution = "
+                f"'{self.distribution}'; set distribution = 'explicit' or drop probabilities"
+            )
         if self.distribution == "corpus":
             try:
                 corpus_probabilities(self.level, self.symbols)
             except (CorpusError, ValueError) as e:
                 raise ValueError(f"distribution: {e}") from None
         return self
+
+
+EXPLICIT_TOLERANCE = 1e-9  # |Σ p - 1| allowed for an explicit law (rounding of the list)
+
+
+def explicit_problem(probabilities: list[float]) -> None:
+    """Raise ValueError naming ``probabilities`` unless the list is a probability vector: every
+    entry finite and > 0 (a zero would be a symbol that never exists; drop it), sum 1 within
+    ``EXPLICIT_TOLERANCE`` (the law is used as written, never silently renormalised)."""
+    bad = [i for i, p in enumerate(probabilities) if not (math.isfinite(p) and p > 0.0)]
+    if bad:
+        i = bad[0]
+        raise ValueError(
+            f"probabilities: every entry must be a finite number > 0, got {probabilities[i]} at "
+            f"position {i}"
+        )
+    total = math.fsum(probabilities)
+    if abs(total - 1.0) > EXPLICIT_TOLERANCE:
+        raise ValueError(
+            f"probabilities: must sum to 1 (within {EXPLICIT_TOLERANCE:g}), got {total!r}; "
+            "rescale the list"
+        )
 
 
 def zipf_probabilities(symbols: int, exponent: float) -> np.ndarray:
@@ -102,6 +157,8 @@ def _build(config: CategoricalDataConfig, *, rng: np.random.Generator) -> Catego
         return CategoricalSource(np.full(config.symbols, 1.0 / config.symbols))
     if config.distribution == "zipf":
         return CategoricalSource(zipf_probabilities(config.symbols, config.exponent))
+    if config.distribution == "explicit":
+        return CategoricalSource(np.asarray(config.probabilities, dtype=float))
     return CategoricalSource(corpus_probabilities(config.level, config.symbols))
 
 

@@ -135,6 +135,12 @@ class PerReplicate:
             model.set_state({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
 
 
-def build_model(config: ModelConfig, *, replicates: int, real: RealSource) -> Any:
+def build_model(
+    config: ModelConfig, *, replicates: int, real: RealSource, top_k: int | None = None
+) -> Any:
+    """R chains of ``config``'s family. ``top_k`` (``sampling.top_k``) reaches only a family
+    that declares ``sampling_top_k`` (validation refuses it for the others)."""
     spec = load_families()[config.family]
+    if top_k:
+        return spec.build(config, replicates=replicates, real=real, top_k=top_k)
     return spec.build(config, replicates=replicates, real=real)

@@ -2,6 +2,8 @@
 
 Fit: p_i = (c_i + α) / (n + α V), the MLE when α = 0 (add-α smoothing otherwise). Sampling bias is
 a temperature T: draws from q ∝ p^(1/T) (T < 1 sharpens, like truncation; T = 1 is the model).
+``sampling.top_k = k`` then keeps only the k most likely symbols, renormalised (tail truncation,
+Dohmatob et al. 2024); exactly k, ties broken by symbol id.
 Without smoothing and bias this is the neutral Wright–Fisher model: a lost symbol never returns,
 heterozygosity 1 - Σ p² decays by (1 - 1/n) per generation and the chain fixes on symbol i with
 probability p_i(0); see :mod:`madloop.theory.discrete`.
@@ -34,6 +36,8 @@ def bias_knob(lam: float) -> dict[str, float]:
 class CategoricalConfig(ModelConfig):
     family: Literal["categorical"] = "categorical"
     bias_knob: ClassVar[BiasKnob] = TEMPERATURE  # T = λ; sampling.temperature > 1 flattens
+    #: the family samples from its top-k symbols when ``sampling.top_k`` is set
+    sampling_top_k: ClassVar[bool] = True
     mode: Literal["exact", "sample"] = "exact"  # exact: counts only (same law, O(R V) a step)
     alpha: float = Field(0.0, ge=0.0, le=1e6)  # add-α smoothing; 0 = MLE (Wright–Fisher)
 
@@ -58,6 +62,19 @@ def tempered(p: np.ndarray, temperature: float) -> np.ndarray:
     return q / q.sum(axis=-1, keepdims=True)
 
 
+def truncate_top_k(p: np.ndarray, k: int) -> np.ndarray:
+    """Rows (R, V) -> the top-k truncation of each: the k most likely symbols (ties broken by
+    symbol id, so exactly k are kept), renormalised; k = 0 or k >= V is no truncation."""
+    p = np.asarray(p, dtype=float)
+    if k <= 0 or k >= p.shape[-1]:
+        return p
+    order = np.argsort(-p, axis=-1, kind="stable")[..., :k]
+    keep = np.zeros(p.shape, dtype=bool)
+    np.put_along_axis(keep, order, True, axis=-1)
+    q = np.where(keep, p, 0.0)
+    return q / q.sum(axis=-1, keepdims=True)
+
+
 class CategoricalFamily:
     """R replicate categorical distributions over V symbols.
 
@@ -68,6 +85,9 @@ class CategoricalFamily:
         V, the number of symbols.
     alpha : float, default=0.0
         Add-α smoothing (pseudo-count per symbol).
+    top_k : int, default=0
+        Sample only the k most likely symbols of each chain, renormalised (0 = all); applied
+        after the temperature (which keeps the order, so only ties could differ).
 
     Attributes
     ----------
@@ -84,10 +104,13 @@ class CategoricalFamily:
            [0.  , 1.  , 0.  ]])
     """
 
-    def __init__(self, replicates: int = 1, *, vocab_size: int, alpha: float = 0.0) -> None:
+    def __init__(
+        self, replicates: int = 1, *, vocab_size: int, alpha: float = 0.0, top_k: int = 0
+    ) -> None:
         self.replicates = replicates
         self.vocab_size = vocab_size
         self.alpha = alpha
+        self.top_k = top_k
         self.counts_: np.ndarray | None = None
         self.probabilities_: np.ndarray | None = None
 
@@ -136,7 +159,8 @@ class CategoricalFamily:
 
     def _draw(self, n: int, bias: float, rng: np.random.Generator) -> np.ndarray:
         check_is_fitted(self, "probabilities_")
-        return sample_counts(tempered(self.probabilities_, bias), n, rng=rng)
+        q = truncate_top_k(tempered(self.probabilities_, bias), self.top_k)
+        return sample_counts(q, n, rng=rng)
 
     def _set(self, counts: np.ndarray) -> Self:
         counts = np.asarray(counts, dtype=np.int64)
@@ -146,8 +170,13 @@ class CategoricalFamily:
         return self
 
 
-def _build(config: CategoricalConfig, *, replicates: int, real: object) -> CategoricalFamily:
-    return CategoricalFamily(replicates, vocab_size=int(real.vocab_size), alpha=config.alpha)
+def _build(
+    config: CategoricalConfig, *, replicates: int, real: object, top_k: int = 0
+) -> CategoricalFamily:
+    """``top_k``: ``sampling.top_k`` (0 = all), handed over by :func:`build_model`."""
+    return CategoricalFamily(
+        replicates, vocab_size=int(real.vocab_size), alpha=config.alpha, top_k=top_k
+    )
 
 
 register_family(FamilySpec("categorical", CategoricalConfig, _build))

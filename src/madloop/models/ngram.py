@@ -13,7 +13,8 @@ Smoothing:
   including those that start at the beginning of a document: a small simplification).
 
 Sampling bias: a temperature (``sampling.bias``) plus ``top_k`` / ``top_p`` from the model table;
-see :mod:`madloop.models.decoding`.
+see :mod:`madloop.models.decoding`. ``sampling.top_k`` is the same per-context truncation given in
+the ``[sampling]`` table (Dohmatob et al. 2024's tail cut); give one of the two.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def bias_knob(lam: float) -> dict[str, float]:
 class NGramConfig(ModelConfig):
     family: Literal["ngram"] = "ngram"
     bias_knob: ClassVar[BiasKnob] = TEMPERATURE  # T = λ; sampling.temperature > 1 flattens
+    #: ``sampling.top_k`` keeps the k most likely next tokens of each context (as model.top_k)
+    sampling_top_k: ClassVar[bool] = True
     order: int = Field(3, ge=1, le=8)  # n: the context is the previous n-1 tokens
     smoothing: Literal["kneser-ney", "add-alpha"] = "kneser-ney"
     alpha: float = Field(0.01, gt=0.0, le=1e3)  # add-alpha pseudo-count
@@ -282,7 +285,8 @@ class NGramChains(PerReplicate):
         return np.array([float(m.tables_[-1].keys.size) for m in self.models])
 
 
-def _build(config: NGramConfig, *, replicates: int, real: object) -> NGramChains:
+def _build(config: NGramConfig, *, replicates: int, real: object, top_k: int = 0) -> NGramChains:
+    """``top_k``: ``sampling.top_k`` (0 = ``model.top_k``), handed over by :func:`build_model`."""
     V = int(real.vocab_size)
     if float(V + 1) ** config.order >= 2.0**62:
         raise ValueError(
@@ -297,7 +301,7 @@ def _build(config: NGramConfig, *, replicates: int, real: object) -> NGramChains
             smoothing=config.smoothing,
             alpha=config.alpha,
             discount=config.discount,
-            top_k=config.top_k,
+            top_k=top_k or config.top_k,
             top_p=config.top_p,
         ),
         replicates,
