@@ -154,6 +154,9 @@ def validate(raw: Mapping[str, Any], *, arm: str | None = None) -> ExperimentCon
             problems.append(f"sampling.bias: {why}")
     if loop is not None:
         problems.extend(loop_problems(loop, model))
+    own = getattr(data, "config_problems", None)  # a source's checks on [model] and [loop]
+    if own is not None and model is not None and loop is not None and not problems:
+        problems.extend(own(model, loop, make_regime(loop)))
     if problems:
         raise ConfigError([where + p.lstrip(".") for p in problems])
     assert top_checked is not None
