@@ -221,3 +221,20 @@ def test_resume_is_bit_identical(mode: str) -> None:
     for a, b in zip(straight[3:], resumed, strict=True):
         for name in a:
             np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_resume_from_checkpoint_files_extends_bit_for_bit(tmp_path) -> None:
+    """Through the experiment's npz checkpoints (kept RegressionStats pools included)."""
+    import pandas as pd
+
+    from madloop.experiment import run
+
+    raw = config(replicates=4, generations=3, **{"loop.regime": "accumulate"})
+    raw["arms"] = [{"name": "sample", "model": {"mode": "sample"}}]
+    run(raw, out=tmp_path)
+    longer = run({**raw, "generations": 6}, out=tmp_path, resume=True)
+    fresh = run({**raw, "generations": 6})
+    pd.testing.assert_frame_equal(longer.metrics, fresh.metrics, check_exact=True)
+    summary = fresh.summary
+    assert set(summary["arm"]) == {"base", "sample"}
+    assert summary.loc[summary["metric"] == "excess_risk", "theory"].notna().all()
