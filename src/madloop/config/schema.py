@@ -160,6 +160,9 @@ def validate(raw: Mapping[str, Any], *, arm: str | None = None) -> ExperimentCon
                 f"sampling.top_k: not supported by regime '{loop.regime}' (its own engine "
                 "builds the models); use a single-chain regime or drop sampling.top_k"
             )
+    own = getattr(data, "config_problems", None)  # a source's checks on [model] and [loop]
+    if own is not None and model is not None and loop is not None and not problems:
+        problems.extend(own(model, loop, make_regime(loop)))
     if problems:
         raise ConfigError([where + p.lstrip(".") for p in problems])
     assert top_checked is not None

@@ -22,6 +22,7 @@ class DataSpec:
 #: the real-data sources, by name
 DATA_SOURCES: Registry[DataSpec] = Registry("data source", builtins=(
     "madloop.data.gaussian",
+    "madloop.data.regression",  # before the torch families: its configs never import torch
     "madloop.data.toy2d",
     "madloop.data.images",
     "madloop.data.text",

@@ -19,5 +19,6 @@ __all__ = [
 
 from madloop.metrics import density as _density  # noqa: E402, F401
 from madloop.metrics import discrete as _discrete  # noqa: E402, F401  (registers its suite)
+from madloop.metrics import regression as _regression  # noqa: E402, F401
 from madloop.metrics import samples as _samples  # noqa: E402, F401  (last: a fallback suite)
 from madloop.metrics import text as _text  # noqa: E402, F401

@@ -64,6 +64,7 @@ FAMILIES: Registry[FamilySpec] = Registry(
     "model family",
     builtins=(
     "madloop.models.gaussian",
+    "madloop.models.regression",  # before the torch families: its configs never import torch
     "madloop.models.ddpm",
     "madloop.models.vae",
     "madloop.models.gan",
