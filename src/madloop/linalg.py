@@ -129,7 +129,10 @@ def weighted_stats_from_points(
     r = np.linalg.qr(rows, mode="r")  # (R, min(m, d), d), upper trapezoidal
     F = np.zeros((R, d, d))
     F[:, : r.shape[1], :] = r
-    return mean, np.swapaxes(F, 1, 2), v1, v2
+    # a positive diagonal makes the factor the Cholesky factor, so draws x = μ + L z do not
+    # depend on the QR's sign choices (equal weights reproduce the unweighted chain's numbers)
+    sign = np.where(np.diagonal(F, axis1=1, axis2=2) < 0, -1.0, 1.0)
+    return mean, np.swapaxes(F * sign[:, :, None], 1, 2), v1, v2
 
 
 def to_stats(X: np.ndarray, provenance: dict | None = None) -> Stats:

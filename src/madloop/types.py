@@ -252,8 +252,10 @@ def weigh_sources(batches: list[Points | Stats], real_weight: float) -> list[Poi
     for batch in batches:
         src = batch_source(batch)
         for code in share:
-            rows = (src == code).sum(axis=1) if isinstance(batch, Points) else (
-                batch.count * (src == code)
+            rows = (
+                (src == code).sum(axis=1)
+                if isinstance(batch, Points)
+                else (batch.count * (src == code))
             )
             counts[code] = counts.get(code, 0) + np.asarray(rows, dtype=float)
     present = sum(share[c] * (counts[c] > 0) for c in share)

@@ -4,9 +4,9 @@ Fit: mean = sample mean, covariance = unbiased sample covariance (divide by n - 
 (divide by n); with ``fit = "mean"`` only the mean is learned and the model samples with the real
 source's covariance. Weighted training sets (``loop.real_weight``) give the weighted mean and the
 weighted scatter divided by V1 - V2/V1 (reliability weights, unbiased) or by V1 (MLE), where
-V1 = sum w_i and V2 = sum w_i^2. Sampling bias λ in (0, 1] samples N(μ, λΣ), the Gaussian truncation trick of
-Alemohammad et al. (2024). R replicate chains are held as arrays with a leading axis R, so neither
-mode has a Python loop over chains.
+V1 = sum w_i and V2 = sum w_i^2. Sampling bias λ in (0, 1] samples N(μ, λΣ), the Gaussian
+truncation trick of Alemohammad et al. (2024). R replicate chains are held as arrays with a
+leading axis R, so neither mode has a Python loop over chains.
 
 Two modes, one law:
 - ``sample`` draws the points and fits them;
@@ -218,7 +218,7 @@ def _build(config: GaussianConfig, *, replicates: int, real: object) -> Gaussian
     if config.fit == "mean":  # validation made sure the real source is Gaussian
         fixed = getattr(real, "factor", None)
         if fixed is None:
-            fixed = lower_factor(np.asarray(getattr(real, "covariance")))
+            fixed = lower_factor(np.asarray(real.covariance))
     return GaussianFamily(
         replicates, covariance_estimator=config.covariance_estimator, covariance_factor=fixed
     )
