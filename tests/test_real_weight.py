@@ -50,6 +50,7 @@ def config(
     seed: int = 3,
     real_size: int = 6,
     synthetic_size: int = 14,
+    bias: float = 1.0,
 ) -> dict:
     loop = {"regime": regime, "real_size": real_size, "synthetic_size": synthetic_size}
     if weight is not None:
@@ -66,6 +67,7 @@ def config(
             "covariance_estimator": estimator,
             "fit": fit,
         },
+        "sampling": {"bias": bias},
         "loop": loop,
     }
 
@@ -113,7 +115,8 @@ def test_weighted_mean_and_covariance_match_theory_in_both_modes(regime, estimat
 @pytest.mark.parametrize("weight", [0.3, 0.618])
 @pytest.mark.parametrize("mode", ["exact", "sample"])
 def test_fit_mean_matches_theory(regime, weight, mode):
-    res = run(config(regime=regime, mode=mode, weight=weight, fit="mean", generations=10))
+    cfg = config(regime=regime, mode=mode, weight=weight, fit="mean", generations=10, bias=0.8)
+    res = run(cfg)
     check_theory(res.summary, (2, 10))
     assert np.all(values(res.metrics, "trace_ratio", 10) == pytest.approx(1.0, abs=1e-12))
 

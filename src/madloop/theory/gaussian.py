@@ -21,6 +21,25 @@ E[trace_ratio_t] = b_t and E[mean_error_sq_t] = tr Σ_0 · Σ_j a_tj² v_j.
 For fully-synthetic this gives E[Σ_t] = λ^(t-1) Σ_0 and E||μ_t - μ_0||² = tr Σ_0/n ·
 (1-λ^t)/(1-λ) (Alemohammad et al. 2024); with the MLE, E[Σ_t] = λ^(t-1) ((n-1)/n)^t Σ_0.
 
+**Weighted real data** (``loop.real_weight`` = w, from generation 2 on). Each real row weighs
+u_r = w / n_r and each synthetic row u_s = (1 - w) / n_s, so V1 = Σ w_i = 1 and
+V2 = Σ w_i² = w²/n_r + (1-w)²/n_s. The fit is μ_t = Σ w_i x_i = Σ_k u_k m_k x̄_k and
+Σ_t = S^w / (V1 - V2/V1) (unbiased: reliability weights) or S^w / V1 (MLE), with the weighted
+scatter S^w = Σ w_i x_i x_i^T - V1 μ_t μ_t^T. Taking expectations batch by batch,
+
+    E[S^w] = Σ_k u_k (E[S_k] + m_k E[x̄_k x̄_k^T]) - V1 E[μ_t μ_t^T],
+
+the same additive form as above with (m_k, m_k c_k, within_k) scaled by u_k, so the recursion
+closes and stays exact: the weights are fixed numbers, E[S_k] = (m_k - 1) × (1 or λ b_{t-1}) Σ_0
+and the noises are still uncorrelated. For fresh-data this is exact for every generation. For
+synthetic-augmentation it is exact *unconditionally* (averaged over the fixed real set, which each
+replicate draws anew: what R replicates measure); conditional on one fixed real set it is not
+what is computed. With ``fit = "mean"`` the model's covariance is Σ_0 (b_t = 1) and the mean
+recursion of fresh-data reads e_t = (1-w)² (e_{t-1} + λ tr Σ_0 / n_s) + w² tr Σ_0 / n_r,
+e_1 = tr Σ_0 / n_1, with fixed point tr Σ_0 ((1-w)² λ/n_s + w²/n_r) / (1 - (1-w)²), least at
+w* = 1 - u*, u* = 1 + r/2 - sqrt(r + r²/4), r = λ n_r / n_s; w* = 1/φ at r = 1 (He, Xu, Cheng
+2025: the golden ratio).
+
 **Log-det drift** (``log_det_drift``, fully-synthetic only). With Σ_{t-1} = L L^T, the next
 scatter is λ L W L^T with W ~ Wishart(I, n-1) = A A^T (Bartlett), so
 log det Σ_t - log det Σ_{t-1} = d log λ + Σ_i log χ²_{n-1-i} - d log(n-1), independent across
