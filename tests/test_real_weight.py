@@ -31,7 +31,12 @@ from madloop.experiment import run
 from madloop.linalg import to_stats, weighted_stats_from_points
 from madloop.models.gaussian import GaussianFamily
 from madloop.regimes import FreshData
-from madloop.theory.gaussian import expected_moments, optimal_real_weight, stationary_mean_error
+from madloop.theory.gaussian import (
+    expected_moments,
+    optimal_real_weight,
+    optimal_real_weight_numeric,
+    stationary_mean_error,
+)
 from madloop.types import REAL, SYNTHETIC, Points, Stats, weigh_sources
 
 K = 4.0  # standard errors
@@ -173,6 +178,27 @@ def test_optimum_for_other_sizes_is_the_numerical_argmin(n_r, n_s, lam):
     assert abs(optimal_real_weight(n_r, n_s, bias=lam) - found.x) < 1e-6
 
 
+@pytest.mark.parametrize("n_r, n_s", [(10, 10), (5, 50)])
+def test_argmin_of_the_recursion_is_the_closed_form(n_r, n_s):
+    """The numerical argmin of the exact recursion's E||μ_T - μ_0||² (fit = mean) is the closed
+    form: 1/φ to 1e-6 at n_r = n_s."""
+    regime = FreshData(real_size=n_r, synthetic_size=n_s)
+    w, err = optimal_real_weight_numeric(regime, fit="mean")
+    assert abs(w - optimal_real_weight(n_r, n_s)) < 1e-6
+    assert err == pytest.approx(stationary_mean_error(w, n_r, n_s), rel=1e-9)
+    if n_r == n_s:
+        assert abs(w - GOLDEN) < 1e-6
+
+
+def test_fitting_the_covariance_moves_the_optimum():
+    """With the covariance fitted, the synthetic rows' covariance is itself noisy: the optimum
+    moves off 1/φ (unbiased: up, to about 0.624 at n = 10) and tends to it as n grows."""
+    small = optimal_real_weight_numeric(FreshData(real_size=10, synthetic_size=10))[0]
+    large = optimal_real_weight_numeric(FreshData(real_size=200, synthetic_size=200))[0]
+    assert 0.62 < small < 0.63
+    assert abs(large - GOLDEN) < abs(small - GOLDEN)
+
+
 def test_simulated_golden_weight_beats_0_3_and_0_9():
     """Per-replicate mean error over generations 21..30 (replicates are independent, so the
     standard error of their average is exact); w = 0.618 must be lower by more than K SE."""
@@ -209,6 +235,10 @@ def test_theory_command_prints_the_optimal_weight(tmp_path):
     text = " ".join(out.output.split())
     assert "optimal loop.real_weight = 0.618034" in text
     assert f"real_weight = 0.3: {stationary_mean_error(0.3, 10, 10):.6g}" in text
+    path.write_text(to_toml(config(real_size=10, synthetic_size=10)))
+    out = CliRunner().invoke(app, ["theory", str(path)])
+    text = " ".join(out.output.split())
+    assert out.exit_code == 0 and "optimal loop.real_weight ≈ 0.62" in text, out.output
 
 
 # -- the statistics -------------------------------------------------------------------------------

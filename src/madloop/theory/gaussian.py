@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 from scipy.special import digamma, polygamma
 
-from madloop.regimes import Draw, Kept, Regime
+from madloop.regimes import Draw, FreshData, Kept, Regime
 from madloop.theory.registry import Predictor, register_predictor
 
 
@@ -319,29 +319,70 @@ def optimal_real_weight(n_real: int, n_synthetic: int, *, bias: float = 1.0) -> 
     return float(1.0 - u)
 
 
+def optimal_real_weight_numeric(
+    regime: Regime,
+    *,
+    bias: float = 1.0,
+    covariance_estimator: str = "unbiased",
+    fit: str = "mean-and-covariance",
+    generations: int = 100,
+) -> tuple[float, float]:
+    """(w, E||μ_T - μ_0||² / tr Σ_0) minimising the exact weighted recursion's mean error at
+    generation T (``generations``; fresh-data is stationary long before T = 100, the error
+    contracting by (1 - w)² a generation), by a bounded scalar search over w in (0, 1). For
+    ``fit = "mean"`` it agrees with :func:`optimal_real_weight`; with the covariance fitted too
+    the optimum moves (n_r = n_s = 10: about 0.624 unbiased, 0.607 MLE)."""
+    from scipy.optimize import minimize_scalar
+
+    def error(w: float) -> float:
+        found = expected_moments(
+            regime,
+            generations,
+            bias=bias,
+            covariance_estimator=covariance_estimator,
+            real_weight=w,
+            fit=fit,
+        )
+        return float(found.mean_error_sq_per_trace[-1])
+
+    best = minimize_scalar(
+        error, bounds=(1e-6, 1 - 1e-6), method="bounded", options={"xatol": 1e-7}
+    )
+    return float(best.x), float(best.fun)
+
+
 def real_weight_note(config: Any) -> str | None:
-    """What ``madloop theory`` says about ``loop.real_weight`` for an arm: the optimal weight of
-    a fresh-data arm with ``fit = "mean"``, and the stationary error at the arm's own weight."""
-    if not (
-        _applies(config, None)
-        and config.loop.regime == "fresh-data"
-        and getattr(config.model, "fit", "") == "mean"
-    ):
+    """What ``madloop theory`` says about ``loop.real_weight`` for a Gaussian fresh-data arm: the
+    optimal weight (closed form for ``fit = "mean"``, the numerical argmin of the exact recursion
+    otherwise) and the stationary error at the arm's own weight."""
+    if not (_applies(config, None) and config.loop.regime == "fresh-data"):
         return None
     regime_sizes = [config.loop.real_size, config.loop.synthetic_size]
     n_r, n_s = (v if isinstance(v, int) else v[-1] for v in regime_sizes)
     lam = config.sampling.bias
-    best = optimal_real_weight(n_r, n_s, bias=lam)
-    text = (
-        f"optimal loop.real_weight = {best:.6f} (n_r = {n_r}, n_s = {n_s}, λ = {lam:g}): "
-        f"stationary E||μ - μ_0||² / tr Σ_0 = {stationary_mean_error(best, n_r, n_s, bias=lam):.6g}"
-    )
     w = config.loop.real_weight
     own = f"real_weight = {w}"
     if w is None:  # equal rows: the mean is (n_r x̄_r + n_s x̄_s) / (n_r + n_s)
         w = n_r / (n_r + n_s)
         own = f"unweighted (w = n_r / (n_r + n_s) = {w:.4g})"
-    return text + f"; {own}: {stationary_mean_error(w, n_r, n_s, bias=lam):.6g}"
+    fit = getattr(config.model, "fit", "mean-and-covariance")
+    if fit == "mean":
+        best = optimal_real_weight(n_r, n_s, bias=lam)
+        text = (
+            f"optimal loop.real_weight = {best:.6f} (n_r = {n_r}, n_s = {n_s}, λ = {lam:g}): "
+            f"stationary E||μ - μ_0||² / tr Σ_0 = "
+            f"{stationary_mean_error(best, n_r, n_s, bias=lam):.6g}"
+        )
+        return text + f"; {own}: {stationary_mean_error(w, n_r, n_s, bias=lam):.6g}"
+    est = getattr(config.model, "covariance_estimator", "unbiased")
+    regime = FreshData(real_size=n_r, synthetic_size=n_s)
+    best, err = optimal_real_weight_numeric(regime, bias=lam, covariance_estimator=est)
+    at_own = expected_moments(regime, 100, bias=lam, covariance_estimator=est, real_weight=w)
+    return (
+        f"optimal loop.real_weight ≈ {best:.4f} (numerical, covariance fitted ({est}), n_r = "
+        f"{n_r}, n_s = {n_s}, λ = {lam:g}): E||μ_100 - μ_0||² / tr Σ_0 = {err:.6g}; {own}: "
+        f"{at_own.mean_error_sq_per_trace[-1]:.6g}"
+    )
 
 
 # -- the predictor ---------------------------------------------------------------------------------
