@@ -272,6 +272,11 @@ def theory_cmd(
             *(("-" if np.isnan(v) else f"{v:.6g}") if isinstance(v, float) else str(v) for v in row)
         )
     console.print(table)
+    from madloop.theory.gaussian import real_weight_note
+
+    for arm in arms:  # fresh-data arms with a known covariance: the golden-ratio weight
+        if note := real_weight_note(arm.config):
+            console.print(f"{arm.name}: {note}")
 
 
 @app.command("report")

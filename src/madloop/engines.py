@@ -46,6 +46,7 @@ def build_loop(arm: Arm) -> Loop:
         seed=cfg.seed,
         stream=arm.stream,
         label=arm.name,
+        real_weight=getattr(cfg.loop, "real_weight", None),
     )
 
 

@@ -31,7 +31,7 @@ from madloop.state import (
     group,
     prefixed,
 )
-from madloop.types import REAL, SYNTHETIC, Points, Stats
+from madloop.types import REAL, SYNTHETIC, Points, Stats, weigh_sources
 
 Batch = Points | Stats
 
@@ -136,6 +136,9 @@ class Loop:
         Root seed and this chain's stream (the arm) in the seed tree.
     label : str
         The arm name its records carry.
+    real_weight : float, optional
+        The real rows' share of each training set's weight from generation 2 on
+        (``loop.real_weight``; :func:`madloop.types.weigh_sources`). None: unweighted.
     """
 
     def __init__(
@@ -150,8 +153,10 @@ class Loop:
         seed: int = 0,
         stream: int = 0,
         label: str = "base",
+        real_weight: float | None = None,
     ) -> None:
         self.regime = regime
+        self.real_weight = real_weight
         self.model = model
         self.real = real
         self.bias = bias
@@ -187,7 +192,8 @@ class Loop:
         draw_rng = np.random.default_rng(child_seed(self.seed, self.stream, t, DRAW))
         comp = self.regime.compose(t)
         drawn: dict[int, Batch] = {}
-        train = self._unite(comp.parts, drawn, draw_rng, t)
+        weigh = self.real_weight is not None and t > 1  # generation 1 is real data only
+        train = self._unite(comp.parts, drawn, draw_rng, t, weigh=weigh)
         if comp.subsample is not None and train.size > comp.subsample:
             train = _subsample(train, comp.subsample, draw_rng)
         for name, parts in comp.keep.items():
@@ -258,7 +264,13 @@ class Loop:
 
     # -- composing ------------------------------------------------------------------------------
     def _unite(
-        self, parts: tuple, drawn: dict[int, Batch], rng: np.random.Generator, t: int
+        self,
+        parts: tuple,
+        drawn: dict[int, Batch],
+        rng: np.random.Generator,
+        t: int,
+        *,
+        weigh: bool = False,
     ) -> Batch:
         batches = []
         for part in parts:
@@ -270,6 +282,8 @@ class Loop:
                 batches.append(drawn[id(part)])
             else:
                 raise TypeError(f"unknown part {part!r} in a composition")
+        if weigh:  # the training set only: kept batches stay unweighted
+            batches = weigh_sources(batches, self.real_weight)
         if self.exact:  # sufficient statistics merge by their own rule (Stats, Counts, ...)
             return type(batches[0]).merge(batches)
         return Points.concat(batches)

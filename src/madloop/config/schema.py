@@ -259,6 +259,7 @@ def loop_problems(loop: LoopConfig, model: ModelConfig | None) -> list[str]:
             problems.append(f"{where}: must be >= {low}, got {got}")
     if problems:
         return problems
+    problems.extend(real_weight_problems(loop, model))
     regime = make_regime(loop)
     own = getattr(regime, "config_problems", None)  # a regime's checks that need [model] too
     if regime.engine != "loop":  # an engine of its own (web-pool) checks its sizes
@@ -304,7 +305,36 @@ def loop_problems(loop: LoopConfig, model: ModelConfig | None) -> list[str]:
     return problems
 
 
+#: the regimes whose training set mixes real and synthetic rows, where weights mean something
+WEIGHTED_REGIMES = ("fresh-data", "synthetic-augmentation")
+
+
+def real_weight_problems(loop: LoopConfig, model: ModelConfig | None) -> list[str]:
+    """``loop.real_weight``: only for regimes that mix both sources, with rows of each every
+    generation, and a family that declares ``accepts_weights``."""
+    w = getattr(loop, "real_weight", None)
+    if w is None:
+        return []
+    if loop.regime not in WEIGHTED_REGIMES:
+        return [
+            f"loop.real_weight: only for regimes {' and '.join(map(repr, WEIGHTED_REGIMES))} "
+            f"(they mix real and synthetic rows), got regime '{loop.regime}'; remove the key"
+        ]
+    if model is not None and not getattr(model, "accepts_weights", False):
+        return [
+            f"loop.real_weight: family '{model.family}' cannot fit weighted data; remove the key "
+            "or use family 'gaussian'"
+        ]
+    if min(sizes(loop.real_size)) < 1 or min(sizes(loop.synthetic_size)) < 1:
+        return [
+            "loop.real_weight: needs real and synthetic rows every generation (loop.real_size "
+            f"and loop.synthetic_size >= 1), got {loop.real_size} and {loop.synthetic_size}"
+        ]
+    return []
+
+
 def make_regime(loop: LoopConfig) -> Regime:
     cls = REGIMES[loop.regime]
-    params = loop.model_dump(exclude={"regime"})
+    # the weight is the loop's, not the recipe's (Loop and the theory read loop.real_weight)
+    params = loop.model_dump(exclude={"regime", "real_weight"})
     return cls(**params)

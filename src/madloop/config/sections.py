@@ -135,6 +135,9 @@ class ModelConfig(Section):
     min_train_size: ClassVar[int] = 1
     #: whether the family samples from its top-k symbols given ``sampling.top_k``
     sampling_top_k: ClassVar[bool] = False
+    #: whether the family fits weighted training sets (``Points.weight``, weighted ``Stats``),
+    #: which ``loop.real_weight`` needs
+    accepts_weights: ClassVar[bool] = False
 
     def requested_mode(self) -> str:
         """``"exact"`` or ``"sample"``. A family with an exact (sufficient-statistics) mode
@@ -209,6 +212,19 @@ class LoopConfig(Section):
     real_size: SizeField = 0
     synthetic_size: SizeField = 100
     initial_real_size: int | None = Field(None, ge=1)
+    #: the real rows' share w in (0, 1) of the training weight (He, Xu, Cheng 2025): real rows
+    #: weigh w / n_r, synthetic ones (1 - w) / n_s; None: every row the same
+    real_weight: float | None = None
+
+    @field_validator("real_weight")
+    @classmethod
+    def _weight_in_unit_interval(cls, v: float | None) -> float | None:
+        if v is not None and not 0.0 < v < 1.0:  # NaN fails too
+            raise ValueError(
+                f"must be in (0, 1) (the real rows' share of the training weight; 0.618 = 1/φ "
+                f"is optimal for a mean with real_size = synthetic_size), got {v}"
+            )
+        return v
 
 
 def flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
