@@ -22,7 +22,7 @@ from madloop.reproduce import (
     study_names,
 )
 from madloop.reproduce.runner import COMPARISON_COLUMNS, compare, study_data
-from madloop.reproduce.spec import studies_folder
+from madloop.reproduce.spec import check_names, studies_folder
 
 STUDIES = study_names()
 FAST = ["mad-gaussian", "shumailov-gaussian"]  # a few seconds each in quick mode
@@ -69,6 +69,12 @@ def test_a_bad_spec_is_a_config_error_naming_the_field():
         )
     with pytest.raises(ConfigError, match="unknown study 'nope'.*mad-gaussian"):
         load_study("nope")
+    bad = parse_study(text.replace('"fully_synthetic_trace_ratio"', '"folklore"'), "bad.toml")
+    assert any("unknown formula 'folklore'" in p for p in check_names(bad))
+    bad = parse_study(text.replace('arms = ["base", "truncated"]', 'arms = ["basis"]'), "bad")
+    assert any("no arm 'basis'" in p for p in check_names(bad))
+    bad = parse_study(text.replace("generations = [2, 10,", "generations = [2, 45,"), "bad")
+    assert any("generations [45] outside 1..20 in quick mode" in p for p in check_names(bad))
 
 
 @pytest.mark.parametrize("name", FAST)

@@ -148,15 +148,21 @@ def markdown_table(comparison: pd.DataFrame, meta: dict[str, Any], *, figures: s
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     rel = {"equal": "=", "below": "<", "above": ">"}
+
+    def cell(text: Any) -> str:  # a | inside a cell (||μ||) would split the table's columns
+        return str(text).replace("|", "\\|")
+
     for r in comparison.itertuples():
         paper = meta["studies"].get(r.study, {}).get("paper", "").split(",")[0]
         ours = fmt(r.measured) + (f" ± {fmt(r.std_error)}" if np.isfinite(r.std_error) else "")
         lines.append(
-            f"| {r.study} | {paper} | {r.quantity} | {r.generation} | {rel[r.relation]} "
-            f"{fmt(r.reference)} ({r.reference_source}) | {ours} | {fmt(r.tolerance)} | "
+            f"| {r.study} | {cell(paper)} | {cell(r.quantity)} | {r.generation} | "
+            f"{rel[r.relation]} {fmt(r.reference)} ({cell(r.reference_source)}) | {ours} | "
+            f"{fmt(r.tolerance)} | "
             f"{'yes' if r.agrees else '**no**'} |"
         )
-    lines += ["", "| study | mode | seconds | rows agreeing | load average |",
+    lines += ["", "Time per study (wall clock) and the 1-minute load average after it:", "",
+              "| study | mode | seconds | rows agreeing | load average |",
               "| --- | --- | --- | --- | --- |"]  # fmt: skip
     for name, info in meta["studies"].items():
         lines.append(

@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from madloop.report.plots import save_figure
@@ -51,7 +50,7 @@ def write_outputs(
             "seconds": round(o.seconds, 2),
             "rows": int(len(o.comparison)),
             "agree": int(o.comparison["agrees"].sum()),
-            "load_average": _load_average(),
+            "load_average": o.load_average,
         }
     write_json(out / REPRODUCTION, meta)
     (out / FIGURES).mkdir(exist_ok=True)
@@ -61,10 +60,3 @@ def write_outputs(
     md = Path(markdown) if markdown is not None else out / "reproductions.md"
     figures = os.path.relpath(out / FIGURES, md.parent)
     write_atomic(md, markdown_table(comparison, meta, figures=figures), fsync=False)
-
-
-def _load_average() -> float:
-    try:
-        return float(Path("/proc/loadavg").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return float(np.nan)

@@ -44,6 +44,7 @@ class StudyOutcome:
     comparison: pd.DataFrame
     curves: pd.DataFrame
     seconds: float
+    load_average: float = float("nan")  # the machine's, when the study finished
 
     @property
     def agrees(self) -> bool:
@@ -233,8 +234,16 @@ def run_study(
     log = log or (lambda message: None)
     started = time.perf_counter()
     data = study_data(study.experiment(quick=quick), out / "runs" / study.name, log)
-    return StudyOutcome(study, compare(study, data), curves(study, data),
-                        time.perf_counter() - started)  # fmt: skip
+    seconds = time.perf_counter() - started
+    return StudyOutcome(study, compare(study, data), curves(study, data), seconds, load_average())
+
+
+def load_average() -> float:
+    """The 1-minute load average (the studies' times mean little without it), NaN if unknown."""
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return float("nan")
 
 
 def reproduce(

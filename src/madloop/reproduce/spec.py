@@ -168,7 +168,46 @@ def load_study(name: str) -> Study:
     if name not in names:
         raise ConfigError([f"unknown study {name!r}; the studies are: {', '.join(names)}"])
     path = studies_folder() / f"{name}.toml"
-    study = parse_study(path.read_text(), f"studies/{name}.toml")
-    if study.name != name:
-        raise ConfigError([f"studies/{name}.toml: study.name must be {name!r}"])
+    where = f"studies/{name}.toml"
+    study = parse_study(path.read_text(), where)
+    problems = [] if study.name == name else [f"{where}: study.name must be {name!r}"]
+    problems += [f"{where}: {line}" for line in check_names(study)]
+    if problems:
+        raise ConfigError(problems)
     return study
+
+
+def check_names(study: Study) -> list[str]:
+    """What a valid spec can still get wrong: a measure, formula or arm that does not exist, a
+    generation outside the run (in either mode). One line per problem."""
+    from madloop.config import parse
+    from madloop.reproduce.formulas import FORMULAS
+    from madloop.reproduce.measures import MEASURES
+
+    problems = []
+    for quick in (False, True):
+        try:
+            _, arms = parse(study.experiment(quick=quick))
+        except ConfigError as e:
+            return [f"{'quick' if quick else 'config'}: {line}" for line in e.problems]
+        names = {a.name for a in arms}
+        last = min(a.config.generations for a in arms)
+        for i, row in enumerate(study.rows):
+            where = f"rows[{i}] ({row.quantity})"
+            for arm in [*row.arms, *([row.baseline] if row.baseline else [])]:
+                if arm.split(":")[0] not in names:
+                    problems.append(f"{where}: no arm {arm!r} (arms: {', '.join(sorted(names))})")
+            late = [g for g in row.generations if g != "last" and not 1 <= g <= last]
+            if late:
+                mode = "quick mode" if quick else "the config"
+                problems.append(f"{where}: generations {late} outside 1..{last} in {mode}")
+    for i, row in enumerate(study.rows):
+        if row.measure not in MEASURES:
+            problems.append(f"rows[{i}].measure: unknown {row.measure!r} "
+                            f"(measures: {', '.join(sorted(MEASURES))})")  # fmt: skip
+        if row.reference.kind == "formula" and row.reference.id not in FORMULAS:
+            problems.append(f"rows[{i}].reference.id: unknown formula {row.reference.id!r} "
+                            f"(formulas: {', '.join(sorted(FORMULAS))})")  # fmt: skip
+        if row.measure == "metric" and row.metric is None:
+            problems.append(f"rows[{i}].metric: the metric measure needs metric = a metric name")
+    return sorted(set(problems), key=problems.index)
