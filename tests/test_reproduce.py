@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -177,3 +178,30 @@ def test_bad_command_lines_exit_2(tmp_path):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_tail_mass_and_its_log_agree_and_the_log_stays_finite():
+    from scipy.stats import norm
+
+    from madloop.reproduce.measures import tail_mass
+
+    mes, tr = np.array([0.0, 0.25, 0.0]), np.array([1.0, 0.3, 1e-4])
+    direct = tail_mass(mes, tr, 2.0)
+    assert direct[0] == pytest.approx(1.0)
+    shifted = norm.sf((2 - 0.5) / np.sqrt(0.3)) + norm.cdf((-2 - 0.5) / np.sqrt(0.3))
+    assert direct[1] == pytest.approx(shifted / (2 * norm.sf(2.0)))
+    logged = tail_mass(mes, tr, 2.0, log=True)
+    assert np.exp(logged[:2]) == pytest.approx(direct[:2])
+    assert direct[2] == 0.0 and np.isfinite(logged[2]) and logged[2] < -1000  # σ = 0.01
+
+
+def test_the_fresh_threshold_is_the_first_n_s_that_does_worse():
+    from madloop.reproduce.formulas import fresh_error, fresh_threshold
+
+    alone = fresh_error(10, 0, 0.8, 10, "unbiased")
+    assert alone == pytest.approx(0.1)  # 1/n_r, no spread bias
+    errors = [fresh_error(10, ns, 0.8, 10, "unbiased") for ns in range(1, 60)]
+    first = 1 + next(i for i, e in enumerate(errors) if e >= alone)
+    assert fresh_threshold(10, 0.8, 10, "unbiased") == first
+    assert fresh_threshold(10, 0.9, 10, "unbiased") > first  # less bias, later threshold
+    assert fresh_threshold(10, 1.0, 10, "unbiased", limit=512) == np.inf  # none without bias

@@ -109,31 +109,35 @@ register_measure(Measure("metric", _metric_value, _metric_theory))
 
 
 # -- tail_mass: a 1-D model's mass beyond c σ_0 of the real mean, over the real law's ------------
-def tail_mass(mean_error_sq: np.ndarray, trace_ratio: np.ndarray, beyond: float) -> np.ndarray:
+def tail_mass(
+    mean_error_sq: np.ndarray, trace_ratio: np.ndarray, beyond: float, *, log: bool = False
+) -> np.ndarray:
     """P(|X - μ_0| > c σ_0) for X ~ N(μ_t, σ_t²) (in units of σ_0: |μ_t - μ_0| = sqrt of the
     squared mean error, σ_t² = the trace ratio), divided by the real law's 2 Φ(-c). With
-    ``mean_error_sq = 0``: the mass beyond c σ_0 of the model's own mean (its shape alone)."""
+    ``mean_error_sq = 0``: the mass beyond c σ_0 of the model's own mean (its shape alone).
+    ``log``: its logarithm, from log-survival functions, so a collapsed chain's mass (far below
+    the smallest double) stays finite instead of dropping out as log 0."""
     shift = np.sqrt(mean_error_sq)
     with np.errstate(divide="ignore", invalid="ignore"):
         sd = np.sqrt(trace_ratio)
-        mass = norm.sf((beyond - shift) / sd) + norm.cdf((-beyond - shift) / sd)
-    return mass / (2.0 * norm.sf(beyond))
+        upper, lower = (beyond - shift) / sd, (-beyond - shift) / sd
+        if log:
+            both = np.logaddexp(norm.logsf(upper), norm.logcdf(lower))
+            return both - np.log(2.0 * norm.sf(beyond))
+        return (norm.sf(upper) + norm.cdf(lower)) / (2.0 * norm.sf(beyond))
 
 
 def _tail_value(data: StudyData, arm: str, generation: int, row: Any) -> tuple[float, float]:
     if data.config(arm).data.dim != 1:
         raise ValueError("measure tail_mass needs one-dimensional data (data.dim = 1)")
-    # mean_error_sq is ||μ_t - μ_0||², in units of σ_0² only when σ_0 = 1: divide by tr Σ_0
     tr = data.values(arm, "trace_ratio", generation)
     if row.params.get("centered", False):  # about the model's own mean: the spread alone
         mes = np.zeros_like(tr)
-    else:
+    else:  # ||μ_t - μ_0||² in units of σ_0² = tr Σ_0 (one dimension)
         mes = data.values(arm, "mean_error_sq", generation) / data.trace0(arm)
-    mass = tail_mass(mes, tr, float(row.params.get("beyond", 2.0)))
-    if row.params.get("log", False):  # the typical chain's, not the mean's (wide chains dominate)
-        with np.errstate(divide="ignore"):
-            mass = np.log(mass)
-    return mean_and_error(mass)
+    beyond = float(row.params.get("beyond", 2.0))
+    # log: the typical chain's mass, not the mean's (the few wide chains dominate the mean)
+    return mean_and_error(tail_mass(mes, tr, beyond, log=bool(row.params.get("log", False))))
 
 
 register_measure(Measure("tail_mass", _tail_value, label="tail mass / real tail mass"))
