@@ -144,6 +144,10 @@ def markdown_table(comparison: pd.DataFrame, meta: dict[str, Any], *, figures: s
         "reference (closed form or the paper's number), ours ± standard error, the tolerance and "
         "whether they agree (relation `=`: within the tolerance; `<` / `>`: beyond it).",
         "",
+        "Regenerate with `madloop reproduce --all --quick --out docs/reproductions --markdown "
+        "docs/reproductions.md` (drop `--quick` for the full sizes); `madloop reproduce --list` "
+        "names the studies, each one file in `src/madloop/studies/`.",
+        "",
         "| study | paper | quantity | gen | reference | ours ± s.e. | tolerance | agrees |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
