@@ -205,3 +205,14 @@ def test_the_fresh_threshold_is_the_first_n_s_that_does_worse():
     assert fresh_threshold(10, 0.8, 10, "unbiased") == first
     assert fresh_threshold(10, 0.9, 10, "unbiased") > first  # less bias, later threshold
     assert fresh_threshold(10, 1.0, 10, "unbiased", limit=512) == np.inf  # none without bias
+
+
+def test_a_row_its_run_cannot_answer_is_a_config_error(tmp_path, monkeypatch):
+    import madloop.reproduce.runner as runner
+
+    study = load_study("mad-gaussian")
+    raw = study.model_dump()
+    raw["rows"][0]["measure"] = "tail_mass"  # needs one-dimensional data; this study has ten
+    monkeypatch.setattr(runner, "load_study", lambda name: type(study).model_validate(raw))
+    with pytest.raises(ConfigError, match="study mad-gaussian: measure tail_mass needs one-dim"):
+        reproduce(["mad-gaussian"], tmp_path, quick=True)

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
+from madloop.config.errors import ConfigError
 from madloop.reproduce.formulas import FORMULAS
 from madloop.reproduce.measures import MEASURES, StudyData
 from madloop.reproduce.spec import Row, Study, load_study
@@ -263,6 +264,11 @@ def reproduce(
     for study in studies:
         if log:
             log(f"{study.name}: running ({'quick' if quick else 'full'} mode)")
-        result.outcomes.append(run_study(study, out, quick=quick, log=log))
+        try:
+            result.outcomes.append(run_study(study, out, quick=quick, log=log))
+        except (ValueError, KeyError) as e:  # a spec that parses but asks what its run lacks
+            if isinstance(e, ConfigError):
+                raise
+            raise ConfigError([f"study {study.name}: {e}"]) from e
     write_outputs(result, out, quick=quick, markdown=markdown)
     return result
