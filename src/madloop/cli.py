@@ -452,6 +452,64 @@ def sweep_cmd(
     if result.errors:
         raise typer.Exit(1)
 
+@app.command("reproduce")
+def reproduce_cmd(
+    name: Annotated[
+        str | None, typer.Argument(help="A study (see --list).", show_default=False)
+    ] = None,
+    list_: Annotated[bool, typer.Option("--list", help="List the studies and exit.")] = False,
+    all_: Annotated[bool, typer.Option("--all", help="Run every study.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="The studies' quick sizes.")] = False,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Directory [default: runs/reproduce].")
+    ] = None,
+    markdown: Annotated[
+        Path | None, typer.Option(help="The markdown table [default: OUT/reproductions.md].")
+    ] = None,
+) -> None:
+    """Run a study of the literature and compare it with the paper (closed forms or the paper's
+    numbers): writes OUT/comparison.csv, OUT/figures/, OUT/reproductions.md. Exit 1 if a row
+    disagrees; `madloop report OUT` shows the comparison first."""
+    from madloop.config import ConfigError
+    from madloop.reproduce import load_study, reproduce, study_names
+
+    names = study_names()
+    if list_:
+        for study in names:
+            try:
+                info = load_study(study).study
+            except ConfigError as e:
+                fail(e.problems)
+            console.print(
+                f"{info.name}: {info.paper}; checks {info.checks} "
+                f"(quick ~{info.minutes:g} min)",
+                highlight=False, markup=False, soft_wrap=True,
+            )  # fmt: skip
+        return
+    if (name is None) == (not all_):
+        fail([f"give one study NAME or --all (the studies: {', '.join(names)})"])
+    chosen = names if all_ else [name]
+    try:
+        result = reproduce(
+            chosen, out or Path("runs/reproduce"), quick=quick, markdown=markdown,
+            log=lambda m: err.print(m, highlight=False, markup=False, soft_wrap=True),
+        )  # fmt: skip
+    except ConfigError as e:
+        fail(e.problems)
+    for o in result.outcomes:
+        bad = o.comparison[~o.comparison["agrees"]]
+        verdict = "[green]agrees[/green]" if o.agrees else f"[red]{len(bad)} disagree[/red]"
+        console.print(f"{o.study.name}: {len(o.comparison)} rows, {verdict} ({o.seconds:.0f} s)")
+        for r in bad.itertuples():
+            console.print(
+                f"  {escape(r.quantity)} (gen {r.generation}): measured {r.measured:.4g} "
+                f"± {r.std_error:.2g}, reference {r.reference:.4g}, tolerance {r.tolerance:.2g}",
+                highlight=False, soft_wrap=True,
+            )  # fmt: skip
+    console.print(f"wrote {result.out} (madloop report {result.out})")
+    if not result.agrees:
+        raise typer.Exit(1)
+
 
 def main() -> None:
     try:

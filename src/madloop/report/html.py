@@ -18,7 +18,7 @@ from pathlib import Path
 
 from madloop.report.parts import Part, run_part, sweep_part
 from madloop.storage import RunDir, SweepDir, write_atomic
-from madloop.storage.layout import MANIFEST, RESULTS, SUMMARY, SWEEP_JSON
+from madloop.storage.layout import COMPARISON, MANIFEST, RESULTS, SUMMARY, SWEEP_JSON
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -28,7 +28,10 @@ class ReportError(ValueError):
 
 
 def kind_of(path: Path) -> str | None:
-    """ "run", "sweep", "collection" (a folder of runs / sweeps) or None."""
+    """ "run", "sweep", "reproduction" (``madloop reproduce``'s comparison.csv), "collection"
+    (a folder of runs / sweeps) or None."""
+    if (path / COMPARISON).is_file():
+        return "reproduction"
     if SweepDir(path).exists():
         return "sweep"
     if RunDir(path).exists():
@@ -53,6 +56,10 @@ def parts_of(path: Path, *, cutoff: float | None = None) -> list[Part]:
     """The parts of the page for ``path``: one for a run or a sweep, one per member of a folder
     of them (oldest first)."""
     kind = kind_of(path)
+    if kind == "reproduction":
+        from madloop.report.reproduction import reproduction_part
+
+        return [reproduction_part(path)]  # each study's run: `madloop report DIR/runs/NAME`
     if kind == "run":
         return [run_part(path, cutoff=cutoff)]
     if kind == "sweep":

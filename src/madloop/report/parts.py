@@ -140,6 +140,7 @@ class Part:
     config_text: str = ""
     arm_configs: list[tuple[str, str, list[str]]] = field(default_factory=list)
     tasks: dict[str, Any] = field(default_factory=dict)
+    comparison: list[dict[str, str]] = field(default_factory=list)  # reproduction rows
 
     @property
     def figures(self) -> list[Figure]:
@@ -148,6 +149,8 @@ class Part:
     @property
     def sections(self) -> list[tuple[str, str]]:
         """(section key, heading) of the sections this part has, in page order."""
+        if self.kind == "reproduction":
+            return [("comparison", "Comparison with the papers"), ("studies", "Figures")]
         out = [("summary", "What happened")]
         if self.curves:
             out.append(("metrics", "Metrics over generations"))

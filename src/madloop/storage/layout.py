@@ -26,6 +26,15 @@ A **sweep directory** (``madloop sweep CONFIG --out DIR``)::
     DIR/plots/              phase diagrams
     DIR/.madloop.lock       held while a sweep runs here
 
+A **reproduction directory** (``madloop reproduce NAME --out DIR``)::
+
+    DIR/comparison.csv      one row per check: study, quantity, generation, reference,
+                            reference_source, measured, std_error, tolerance, agrees, ...
+    DIR/curves.csv          the measured and reference curves of each study's figure
+    DIR/reproduction.json   the studies (paper, what is checked), quick or full, seconds
+    DIR/figures/NAME.png    per study: our curve beside the reference
+    DIR/runs/NAME/          each study's run directory
+
 Readers go through :class:`RunDir` / :class:`SweepDir` instead of spelling file names, so the
 format has one owner. Nothing here imports the loop: the report reads directories with it.
 """
@@ -53,6 +62,11 @@ SWEEP_JSON = "sweep.json"
 TASKS = "tasks"
 RESULTS = "results.parquet"
 THEORY = "theory.parquet"
+
+COMPARISON = "comparison.csv"
+CURVES = "curves.csv"
+REPRODUCTION = "reproduction.json"
+FIGURES = "figures"
 
 METRIC_COLUMNS = ["arm", "generation", "replicate", "metric", "value"]
 THEORY_COLUMNS = ["arm", "generation", "metric", "theory"]

@@ -1,0 +1,218 @@
+"""``madloop reproduce``: every study parses, the quick runs agree with their references, a wrong
+reference makes a row disagree and the command exit 1, bad input exits 2, and the report shows
+the comparison first."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from madloop.cli import app
+from madloop.config import ConfigError, parse
+from madloop.reproduce import (
+    FORMULAS,
+    MEASURES,
+    load_study,
+    parse_study,
+    reproduce,
+    run_study,
+    study_names,
+)
+from madloop.reproduce.runner import COMPARISON_COLUMNS, compare, study_data
+from madloop.reproduce.spec import check_names, studies_folder
+
+STUDIES = study_names()
+FAST = ["mad-gaussian", "shumailov-gaussian"]  # a few seconds each in quick mode
+
+
+def test_the_studies_are_there():
+    assert {"mad-gaussian", "mad-fresh-data", "shumailov-gaussian", "kazdan-replace-accumulate",
+            "bertrand-stability"} <= set(STUDIES)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_every_study_parses_and_names_known_parts(name):
+    study = load_study(name)
+    for quick in (False, True):
+        _, arms = parse(study.experiment(quick=quick))  # the config validates, both modes
+        names = {a.name for a in arms}
+        for row in study.rows:
+            assert row.measure in MEASURES, row.quantity
+            if row.reference.kind == "formula":
+                assert row.reference.id in FORMULAS, row.quantity
+            for arm in [*row.arms, *([row.baseline] if row.baseline else [])]:
+                assert arm.split(":")[0] in names, f"{name}: row {row.quantity!r} arm {arm}"
+            T = {a.config.generations for a in arms}
+            assert all(g == "last" or 1 <= g <= min(T) for g in row.generations)
+    assert study.study.minutes > 0 and study.study.paper
+
+
+def test_study_files_are_installed_package_data():
+    import tomllib
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert "studies/*.toml" in pyproject["tool"]["setuptools"]["package-data"]["madloop"]
+    assert any(p.name.endswith(".toml") for p in studies_folder().iterdir())
+
+
+def test_a_bad_spec_is_a_config_error_naming_the_field():
+    text = (studies_folder() / "mad-gaussian.toml").read_text()
+    with pytest.raises(ConfigError, match="rows.*reference"):
+        parse_study(text.replace('kind = "theory"', 'kind = "folklore"'), "bad.toml")
+    with pytest.raises(ConfigError, match="paper reference needs source"):
+        parse_study(
+            text.replace('{ kind = "theory" }', '{ kind = "paper", value = 1.0 }'), "bad.toml"
+        )
+    with pytest.raises(ConfigError, match="unknown study 'nope'.*mad-gaussian"):
+        load_study("nope")
+    bad = parse_study(text.replace('"fully_synthetic_trace_ratio"', '"folklore"'), "bad.toml")
+    assert any("unknown formula 'folklore'" in p for p in check_names(bad))
+    bad = parse_study(text.replace('arms = ["base", "truncated"]', 'arms = ["basis"]'), "bad")
+    assert any("no arm 'basis'" in p for p in check_names(bad))
+    bad = parse_study(text.replace("generations = [2, 10,", "generations = [2, 45,"), "bad")
+    assert any("generations [45] outside 1..20 in quick mode" in p for p in check_names(bad))
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_a_fast_study_agrees_in_quick_mode(name, tmp_path):
+    outcome = run_study(load_study(name), tmp_path, quick=True)
+    frame = outcome.comparison
+    assert list(frame.columns) == COMPARISON_COLUMNS
+    assert len(frame) >= 5
+    assert frame["reference_source"].str.startswith(("closed form", "paper")).all()
+    bad = frame[~frame["agrees"]]
+    assert bad.empty, bad.to_string()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", STUDIES)
+def test_every_study_agrees_in_quick_mode(name, tmp_path):
+    outcome = run_study(load_study(name), tmp_path, quick=True)
+    bad = outcome.comparison[~outcome.comparison["agrees"]]
+    assert bad.empty, bad.to_string()
+
+
+def _wrong(study, value: float):
+    """The study with its first row's reference replaced by a paper number ``value``."""
+    raw = study.model_dump()
+    raw["rows"][0]["reference"] = {"kind": "paper", "value": value, "source": "Fig. 0",
+                                   "how": "read off a plot", "precision": 0.01}  # fmt: skip
+    return type(study).model_validate(raw)
+
+
+def test_a_wrong_reference_disagrees(tmp_path):
+    study = load_study("mad-gaussian")
+    data = study_data(study.experiment(quick=True), None, print)
+    right = compare(study, data)
+    assert right["agrees"].all()
+    base = right["quantity"].iloc[0]  # E tr Σ_t / tr Σ_0 of the λ = 1 arm: 1 at every t
+    assert base.endswith("[base]")
+    wrong = compare(_wrong(study, 1.5), data)
+    first = wrong[wrong["quantity"] == base]
+    assert len(first) == 3 and not first["agrees"].any()
+    assert first["reference_source"].str.startswith("paper: Fig. 0").all()
+    assert wrong.loc[wrong["quantity"] != right["quantity"].iloc[3], "agrees"].sum() > 9
+    near = compare(_wrong(study, 1.0), data)  # the true value typed in: agrees again
+    assert near.loc[near["quantity"] == base, "agrees"].all()
+
+
+def test_the_command_exits_1_when_a_row_disagrees_and_the_report_is_red(tmp_path, monkeypatch):
+    import madloop.reproduce.runner as runner
+
+    study = load_study("shumailov-gaussian")
+    monkeypatch.setattr(runner, "load_study", lambda name: _wrong(study, 0.5))
+    out = tmp_path / "rep"
+    result = CliRunner().invoke(app, ["reproduce", "shumailov-gaussian", "--quick", "--out",
+                                      str(out)])  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "disagree" in result.output
+    frame = pd.read_csv(out / "comparison.csv")
+    assert not frame["agrees"].all() and frame["agrees"].any()
+    assert (out / "figures" / "shumailov-gaussian.png").stat().st_size > 1000
+    page = _report(out)
+    assert page.index('data-section="comparison"') < page.index('data-section="studies"')
+    assert '<tr class="disagrees">' in page and '<tr class="agrees">' in page
+
+
+def _report(out) -> str:
+    result = CliRunner().invoke(app, ["report", str(out)])
+    assert result.exit_code == 0, result.output
+    return (out / "report.html").read_text()
+
+
+def test_reproduce_writes_a_comparison_the_report_shows_first(tmp_path):
+    out = tmp_path / "rep"
+    md = tmp_path / "reproductions.md"
+    result = reproduce(["mad-gaussian"], out, quick=True, markdown=md)
+    assert result.agrees
+    frame = pd.read_csv(out / "comparison.csv")
+    assert frame.columns[:9].tolist() == COMPARISON_COLUMNS[:9]
+    assert frame["agrees"].all()
+    text = md.read_text()
+    assert "| mad-gaussian |" in text and "figures/mad-gaussian.png" in text
+    page = _report(out)
+    first = page.index('data-section="')
+    assert page[first:].startswith('data-section="comparison"')
+    assert '<tr class="agrees">' in page and '<tr class="disagrees">' not in page
+    assert "runs/mad-gaussian" in page  # the study's run directory, for its own page
+
+
+def test_bad_command_lines_exit_2(tmp_path):
+    runner = CliRunner()
+    unknown = runner.invoke(app, ["reproduce", "nope", "--out", str(tmp_path)])
+    assert unknown.exit_code == 2
+    assert "unknown study 'nope'" in unknown.output and "mad-gaussian" in unknown.output
+    neither = runner.invoke(app, ["reproduce"])
+    assert neither.exit_code == 2 and "--all" in neither.output
+    listed = runner.invoke(app, ["reproduce", "--list"])
+    assert listed.exit_code == 0
+    lines = [ln for ln in listed.output.splitlines() if ln.strip()]
+    assert len(lines) == len(STUDIES)
+    assert all("min)" in ln for ln in lines)
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_tail_mass_and_its_log_agree_and_the_log_stays_finite():
+    from scipy.stats import norm
+
+    from madloop.reproduce.measures import tail_mass
+
+    mes, tr = np.array([0.0, 0.25, 0.0]), np.array([1.0, 0.3, 1e-4])
+    direct = tail_mass(mes, tr, 2.0)
+    assert direct[0] == pytest.approx(1.0)
+    shifted = norm.sf((2 - 0.5) / np.sqrt(0.3)) + norm.cdf((-2 - 0.5) / np.sqrt(0.3))
+    assert direct[1] == pytest.approx(shifted / (2 * norm.sf(2.0)))
+    logged = tail_mass(mes, tr, 2.0, log=True)
+    assert np.exp(logged[:2]) == pytest.approx(direct[:2])
+    assert direct[2] == 0.0 and np.isfinite(logged[2]) and logged[2] < -1000  # σ = 0.01
+
+
+def test_the_fresh_threshold_is_the_first_n_s_that_does_worse():
+    from madloop.reproduce.formulas import fresh_error, fresh_threshold
+
+    alone = fresh_error(10, 0, 0.8, 10, "unbiased")
+    assert alone == pytest.approx(0.1)  # 1/n_r, no spread bias
+    errors = [fresh_error(10, ns, 0.8, 10, "unbiased") for ns in range(1, 60)]
+    first = 1 + next(i for i, e in enumerate(errors) if e >= alone)
+    assert fresh_threshold(10, 0.8, 10, "unbiased") == first
+    assert fresh_threshold(10, 0.9, 10, "unbiased") > first  # less bias, later threshold
+    assert fresh_threshold(10, 1.0, 10, "unbiased", limit=512) == np.inf  # none without bias
+
+
+def test_a_row_its_run_cannot_answer_is_a_config_error(tmp_path, monkeypatch):
+    import madloop.reproduce.runner as runner
+
+    study = load_study("mad-gaussian")
+    raw = study.model_dump()
+    raw["rows"][0]["measure"] = "tail_mass"  # needs one-dimensional data; this study has ten
+    monkeypatch.setattr(runner, "load_study", lambda name: type(study).model_validate(raw))
+    with pytest.raises(ConfigError, match="study mad-gaussian: measure tail_mass needs one-dim"):
+        reproduce(["mad-gaussian"], tmp_path, quick=True)
