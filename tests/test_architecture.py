@@ -42,6 +42,7 @@ LAYERS = {
     "madloop.experiment": 5,
     "madloop.executors": 6,
     "madloop.sweeps": 6,
+    "madloop.tracking": 6,  # a finished run to MLflow (imports mlflow lazily)
     "madloop.demo": 7,
     "madloop.cli": 7,
     "madloop.report": 1,  # reads run directories: storage and tables, never the loop
