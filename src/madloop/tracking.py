@@ -17,9 +17,9 @@ put arms side by side on the same metric key, as it does for runs of different c
 
 The tracker writes to a local store unless told otherwise: ``./mlflow.db`` (SQLite, MLflow's own
 default since its folder store went into maintenance) with the artefacts under ``./mlruns``, or a
-``uri`` (a tracking server, another ``.db`` file); nothing needs a server. ``mlflow`` is imported only here and
-only when a run is tracked, so ``madloop --help`` and untracked runs never load it (install it with
-``pip install 'madloop[tracking]'``).
+``uri`` (a tracking server, another ``.db`` file); nothing needs a server. ``mlflow`` is imported
+only here and only when a run is tracked, so ``madloop --help`` and untracked runs never load it
+(install it with ``pip install 'madloop[tracking]'``).
 """
 
 from __future__ import annotations

@@ -264,8 +264,8 @@ class TrackingConfig(Section):
             return value
         if "://" in value or value.startswith("file:"):
             raise ValueError(
-                "must be an http(s):// server or a relative path (mlflow.db); give any other URI on the "
-                "command line (--track-uri)"
+                "must be an http(s):// server or a relative path (mlflow.db); give any other "
+                "URI on the command line (--track-uri)"
             )
         return check_run_path(value)
 
