@@ -42,6 +42,13 @@ loop.real_size = 10
 runner = CliRunner()
 
 
+@pytest.fixture(scope="module")
+def shared_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One SQLite store for the tests that write runs: MLflow migrates a new store's schema,
+    which takes seconds, so it is done once."""
+    return tmp_path_factory.mktemp("mlflow") / "store.db"
+
+
 @pytest.fixture
 def tracking_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """MLflow pointed at a temporary SQLite store, its telemetry off; the working directory is
@@ -60,11 +67,11 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_run_is_logged_and_read_back(tmp_path: Path, tracking_env: Path) -> None:
+def test_run_is_logged_and_read_back(tmp_path: Path, tracking_env: Path, shared_db: Path) -> None:
     mlflow = pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
 
-    store = tmp_path / "store.db"
+    store = shared_db
     cfg = write(tmp_path, TINY)
     out = tmp_path / "run"
     args = ["run", str(cfg), "--out", str(out), "-q", "--no-plots", "--track", "mlflow"]
@@ -108,15 +115,16 @@ def test_run_is_logged_and_read_back(tmp_path: Path, tracking_env: Path) -> None
 
 
 def test_tracking_table_defaults_to_the_environment_store(
-    tmp_path: Path, tracking_env: Path
+    tmp_path: Path, tracking_env: Path, shared_db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
 
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{shared_db}")
     cfg = write(tmp_path, TINY.replace('name = "tracked"', 'name = "t2"') + TABLE)
     result = runner.invoke(app, ["run", str(cfg), "--out", str(tmp_path / "r"), "-q"])
     assert result.exit_code == 0, result.output
-    client = MlflowClient(tracking_uri=f"sqlite:///{tracking_env}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{shared_db}")
     experiment = client.get_experiment_by_name("madloop-tests")  # the table's experiment
     assert experiment is not None
     assert len(client.search_runs([experiment.experiment_id])) == 3  # parent + 2 arms
@@ -167,6 +175,21 @@ def test_unknown_track_flag_is_a_usage_error(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "--track: unknown tracking backend 'x'" in result.output
     assert not (tmp_path / "r").exists()  # refused before the run
+
+
+def test_an_unreachable_tracker_fails_after_the_run_is_written(
+    tmp_path: Path, tracking_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    cfg = write(tmp_path, TINY)
+    out = tmp_path / "r"
+    args = ["run", str(cfg), "--out", str(out), "-q", "--no-plots", "--track", "mlflow"]
+    result = runner.invoke(app, [*args, "--track-uri", "http://127.0.0.1:9"])
+    assert result.exit_code == 1, result.output
+    assert "tracking: mlflow at http://127.0.0.1:9 failed" in result.output
+    assert (out / "summary.csv").exists() and (out / "manifest.json").exists()
 
 
 def test_adding_tracking_does_not_block_a_resume(tmp_path: Path) -> None:

@@ -219,7 +219,10 @@ def run_cmd(
         console.print(last_generation_table(base.name, result.summary))
     console.print(f"wrote {out}")
     if tracked is not None:
-        run_id = tracking.log_run(result, tracked)
+        try:
+            run_id = tracking.log_run(result, tracked)
+        except Exception as e:  # the run directory is complete; only its copy in the tracker failed
+            fail([f"tracking: {tracked.backend} at {tracked.uri} failed ({e}); {out} is whole"], 1)
         console.print(f"tracked: {tracked.backend} run {run_id} in {tracked.uri}", highlight=False)
 
 

@@ -262,12 +262,19 @@ class TrackingConfig(Section):
     def _server_or_relative(cls, value: str | None) -> str | None:
         if value is None or value.startswith(("http://", "https://")):
             return value
-        if "://" in value or value.startswith("file:"):
+        posix = value.replace("\\", "/")
+        drive = re.match(r"^[A-Za-z]:", posix)
+        if "://" in value or value.startswith(("file:", "/", "~")) or drive:
             raise ValueError(
                 "must be an http(s):// server or a relative path (mlflow.db); give any other "
-                "URI on the command line (--track-uri)"
+                "URI or an absolute path on the command line (--track-uri)"
             )
-        return check_run_path(value)
+        if not value or "\x00" in value or ".." in PurePosixPath(posix).parts:
+            raise ValueError(
+                "must be a path below the current directory ('..' is not allowed); give any "
+                "other on the command line (--track-uri)"
+            )
+        return value
 
 
 # -- names and paths that come from a config file --------------------------------------------------
