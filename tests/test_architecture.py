@@ -43,6 +43,7 @@ LAYERS = {
     "madloop.executors": 6,
     "madloop.sweeps": 6,
     "madloop.reproduce": 6,  # runs studies through experiment.run; draws with the report's plots
+    "madloop.tracking": 6,  # a finished run to MLflow (imports mlflow lazily)
     "madloop.demo": 7,
     "madloop.cli": 7,
     "madloop.report": 1,  # reads run directories: storage and tables, never the loop

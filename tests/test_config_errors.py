@@ -65,7 +65,7 @@ CASES = [
         "unknown-top-level-key",
         _edit("seed = 1", "sed = 1"),
         "sed: unknown key; did you mean 'seed'? (valid: arms, data, generations, include_base, "
-        "loop, model, name, replicates, sampling, seed, sweep)",
+        "loop, model, name, replicates, sampling, seed, sweep, tracking)",
     ),
     ("wrong-type", _edit("dim = 2", 'dim = "two"'), "data.dim: must be an integer, got 'two'"),
     (

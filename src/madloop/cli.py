@@ -146,15 +146,27 @@ def run_cmd(
     ] = False,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip plots/.")] = False,
     imports: ImportOpt = None,
+    track: Annotated[
+        str | None,
+        typer.Option(
+            "--track",
+            help="Log the finished run to this tracker (mlflow), as a [tracking] table would.",
+        ),
+    ] = None,
+    track_uri: Annotated[
+        str | None,
+        typer.Option(help="Tracking server or folder [default: the config's, else ./mlruns]."),
+    ] = None,
 ) -> None:
     """Run every arm of CONFIG and write metrics.parquet, summary.csv, manifest.json, plots/."""
-    from madloop import resources
+    from madloop import resources, tracking
     from madloop.config import ConfigError, parse
     from madloop.experiment import run
 
     import_user_code(imports)
     try:
         base, arms = parse(config, seed=seed, generations=generations, replicates=replicates)
+        tracked = tracking.resolve(base.tracking, name=base.name, backend=track, uri=track_uri)
     except ConfigError as e:
         fail(e.problems)
     out = out or Path("runs") / base.name
@@ -206,6 +218,12 @@ def run_cmd(
     if not quiet:
         console.print(last_generation_table(base.name, result.summary))
     console.print(f"wrote {out}")
+    if tracked is not None:
+        try:
+            run_id = tracking.log_run(result, tracked)
+        except Exception as e:  # the run directory is complete; only its copy in the tracker failed
+            fail([f"tracking: {tracked.backend} at {tracked.uri} failed ({e}); {out} is whole"], 1)
+        console.print(f"tracked: {tracked.backend} run {run_id} in {tracked.uri}", highlight=False)
 
 
 def last_generation_table(name: str, summary: Any) -> Any:

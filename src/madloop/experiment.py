@@ -256,7 +256,7 @@ def _run_arm(
         ckpt = ArmCheckpoints(
             dirs.checkpoints,
             arm.name,
-            arm.config.to_dict(),
+            {k: v for k, v in arm.config.to_dict().items() if k != "tracking"},  # no number's
             keep=keep,
             log=log,
             extra={"versions": versions()},

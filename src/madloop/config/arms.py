@@ -65,7 +65,7 @@ def resolve_arms(config: ExperimentConfig | Mapping[str, Any]) -> list[Arm]:
         bad = [
             k
             for k in overrides
-            if k in {"arms", "name", "seed", "generations", "replicates", "sweep"}
+            if k in {"arms", "name", "seed", "generations", "replicates", "sweep", "tracking"}
         ]
         if bad:
             problems.append(f"arms[{name}].{bad[0]}: cannot be overridden per arm")

@@ -26,6 +26,7 @@ from madloop.config.sections import (
     SamplingInput,
     SizeField,
     SweepConfig,
+    TrackingConfig,
     check_name,
 )
 from madloop.data import load_sources
@@ -43,6 +44,7 @@ class TopLevel(BaseModel):
     include_base: bool = True
     arms: list[dict[str, Any]] = Field(default_factory=list)
     sweep: SweepConfig | None = None  # grid x seeds, run by `madloop sweep` (madloop.sweeps)
+    tracking: TrackingConfig | None = None  # where `madloop run` logs (madloop.tracking)
 
 
 class ExperimentConfig(TopLevel):
@@ -137,6 +139,12 @@ def validate(raw: Mapping[str, Any], *, arm: str | None = None) -> ExperimentCon
         except ValidationError as err:
             problems.extend(format_errors("sweep", err, SweepConfig))
             top.pop("sweep")
+    if top.get("tracking") is not None:
+        try:
+            top["tracking"] = TrackingConfig.model_validate(top["tracking"])
+        except ValidationError as err:
+            problems.extend(format_errors("tracking", err, TrackingConfig))
+            top.pop("tracking")
     try:
         top_checked = TopLevel.model_validate(top)
     except ValidationError as err:

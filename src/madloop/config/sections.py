@@ -266,6 +266,54 @@ class SweepConfig(Section):
         return flat
 
 
+#: the experiment trackers ``[tracking]`` may name (:mod:`madloop.tracking` implements each)
+TRACKING_BACKENDS = ("mlflow",)
+
+
+class TrackingConfig(Section):
+    """The ``[tracking]`` table: log a finished ``madloop run`` to an experiment tracker.
+
+    ``backend`` names the tracker (only names from :data:`TRACKING_BACKENDS`: a config never
+    names code to import). ``uri`` is where it writes: an ``http(s)://`` tracking server, or a
+    relative path to a local store (``mlflow.db``, SQLite, the default; an absolute path or
+    another URI is given on the command line, ``--track-uri``, like every path outside the
+    run). ``experiment`` groups runs (default: the config's ``name``). Tracking changes no
+    number of the run, so it is not part of a checkpoint's identity.
+    """
+
+    backend: str = "mlflow"
+    uri: str | None = None
+    experiment: str | None = Field(None, min_length=1, max_length=200)
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if value not in TRACKING_BACKENDS:
+            raise ValueError(
+                f"unknown tracking backend {value!r} (available: {', '.join(TRACKING_BACKENDS)})"
+            )
+        return value
+
+    @field_validator("uri")
+    @classmethod
+    def _server_or_relative(cls, value: str | None) -> str | None:
+        if value is None or value.startswith(("http://", "https://")):
+            return value
+        posix = value.replace("\\", "/")
+        drive = re.match(r"^[A-Za-z]:", posix)
+        if "://" in value or value.startswith(("file:", "/", "~")) or drive:
+            raise ValueError(
+                "must be an http(s):// server or a relative path (mlflow.db); give any other "
+                "URI or an absolute path on the command line (--track-uri)"
+            )
+        if not value or "\x00" in value or ".." in PurePosixPath(posix).parts:
+            raise ValueError(
+                "must be a path below the current directory ('..' is not allowed); give any "
+                "other on the command line (--track-uri)"
+            )
+        return value
+
+
 # -- names and paths that come from a config file --------------------------------------------------
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
