@@ -230,11 +230,15 @@ def predictions(
 
 # -- the predictor ---------------------------------------------------------------------------------
 def _applies(config: Any, regime: Regime) -> bool:
-    """Gaussian data fitted by the Gaussian family, in a single-chain regime."""
+    """Gaussian data fitted by the Gaussian family, in a single-chain regime whose synthetic
+    draws are plain samples (curation and correction change their law: see
+    :mod:`madloop.theory.curation`)."""
     return (
         config.data.source == "gaussian"
         and config.model.family == "gaussian"
         and getattr(regime, "engine", "loop") == "loop"
+        and getattr(config.loop, "curation", None) is None
+        and getattr(config.loop, "correction", None) is None
     )
 
 
