@@ -265,3 +265,20 @@ def test_curation_draws_k_candidates_per_point():
     cur = Curation("linear", choices=5, params={"direction": [1.0, 0.0]})
     out = cur.draw(Model(), None, 30, bias=1.0, rng=np.random.default_rng(0))
     assert calls == [150] and out.X.shape == (2, 30, 2)
+
+
+def test_classifier_reward_is_the_image_metrics_network_confidence():
+    """Real digits score higher than uniform noise under the image metrics' classifier (its
+    largest class probability; it is overconfident on noise: measured 0.98 vs 0.83)."""
+    from madloop.data import build_source
+    from madloop.types import REAL, Points
+
+    base, _ = parse({"data": {"source": "digits"}, "model": {"family": "vae"}})
+    real = build_source(base.data, rng=np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    digits = real.sample_points(50, replicates=1, rng=rng)
+    noise = Points.tagged(rng.random(digits.X.shape), source=REAL, origin=0)
+    score = SCORERS["classifier"]
+    assert score.problem(None, real) is None and score.problem(None, object()) is not None
+    good, bad = score.score(None, real, digits), score.score(None, real, noise)
+    assert ((good > 0) & (good <= 1)).all() and good.mean() > bad.mean() + 0.05
