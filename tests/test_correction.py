@@ -73,7 +73,8 @@ def test_correction_moves_each_point_towards_its_matched_real_draw():
     far = assignment_correction(points, real, 1e12, np.random.default_rng(5)).X  # t -> 1
     np.testing.assert_allclose(far, partner, atol=1e-9)
     # optimal: the matching's total distance is no more than the identity's
-    assert (np.linalg.norm(partner - X, axis=2).sum(1) <= np.linalg.norm(Y - X, axis=2).sum(1)).all()
+    cost = np.linalg.norm(partner - X, axis=2).sum(axis=1)
+    assert (cost <= np.linalg.norm(Y - X, axis=2).sum(axis=1)).all()
     assert assignment_correction(points, real, 0.0, np.random.default_rng(5)) is points
 
 
