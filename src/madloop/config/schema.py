@@ -300,11 +300,12 @@ def synthetic_problems(loop: LoopConfig, data: DataConfig) -> list[str]:
     if getattr(REGIMES.get(loop.regime), "engine", "loop") != "loop":
         return []  # the web pool validates its own curation table (and refuses correction)
     if loop.curation is not None and data.kind == "tokens":
-        return [
+        problems = [
             f"loop.curation: rewards score real-valued points, got data.source = "
             f"{data.source!r} (token ids); remove loop.curation"
         ]
-    problems = curation_problems(loop.curation, data_dimension(data))
+    else:
+        problems = curation_problems(loop.curation, data_dimension(data))
     if loop.curation is not None and loop.curation.reward == "classifier":
         if data.kind != "images":  # whether the source has one is checked when it is built
             problems.append(

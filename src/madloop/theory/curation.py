@@ -113,7 +113,10 @@ def curated_law(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean and covariance of one curated draw from N(mean, bias·cov) (module docstring)."""
     sampled = bias * cov
-    s2 = float(direction @ sampled @ direction)
+    with np.errstate(over="ignore", invalid="ignore"):
+        s2 = float(direction @ sampled @ direction)
+    if not np.isfinite(s2):  # a reward beyond floating point: no prediction
+        return np.full_like(mean, np.nan), np.full_like(sampled, np.nan)
     if s2 <= 0.0:
         return mean.copy(), sampled
     s = np.sqrt(s2)
