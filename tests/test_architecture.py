@@ -30,6 +30,9 @@ LAYERS = {
     "madloop.metrics": 2,
     "madloop.regimes": 2,
     "madloop.theory": 2,
+    "madloop.curation": 2,  # rewards and selection, shared by the loop and the web pool
+    "madloop.correction": 2,  # self-correction towards the real law, by data source
+    "madloop.synthetic": 2,  # a synthetic batch curated / corrected (the loop's one hook)
     "madloop.config.schema": 3,
     "madloop.config.arms": 3,
     "madloop.config.paths": 3,

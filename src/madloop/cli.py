@@ -41,10 +41,13 @@ def note_exact_fallback(arms: list) -> None:
 
     for arm in arms:
         c = arm.config
-        if exact_requested(c.model) and not exact_mode(c.model, make_regime(c.loop)):
+        regime = make_regime(c.loop)
+        if exact_requested(c.model) and not exact_mode(c.model, regime):
+            why = getattr(regime, "sample_reason", "a subsample is not a function of sufficient "
+                          "statistics")  # fmt: skip
             err.print(
                 f"note: arm {escape(arm.name)}: regime '{c.loop.regime}' has no exact simulation "
-                "(a subsample is not a function of sufficient statistics); it runs in sample mode",
+                f"({why}); it runs in sample mode",
                 highlight=False,
                 soft_wrap=True,
             )

@@ -14,12 +14,13 @@ from typing import Any
 import numpy as np
 
 from madloop.capabilities import exact_mode
-from madloop.config import Arm, ExperimentConfig, make_regime
+from madloop.config import Arm, ConfigError, ExperimentConfig, make_regime
 from madloop.data import build_source
 from madloop.loop import Engine, Loop
 from madloop.models.base import build_model
 from madloop.regimes import load_regimes
 from madloop.registry import Registry
+from madloop.synthetic import build_synthetic
 
 DATA_STREAM = 0  # the seed-tree branch for the real data's own randomness (e.g. a random Σ_0)
 
@@ -36,6 +37,10 @@ def build_loop(arm: Arm) -> Loop:
     real = real_source(cfg)
     model = build_model(cfg.model, replicates=cfg.replicates, real=real, top_k=cfg.sampling.top_k)
     regime = make_regime(cfg.loop)
+    synthetic = build_synthetic(cfg.loop, cfg.data.source)
+    why = synthetic.check(model, real) if synthetic is not None else None
+    if why:
+        raise ConfigError([f"loop.curation.reward: {why}"])
     return Loop(
         regime,
         model,
@@ -47,6 +52,7 @@ def build_loop(arm: Arm) -> Loop:
         stream=arm.stream,
         label=arm.name,
         real_weight=getattr(cfg.loop, "real_weight", None),
+        synthetic=synthetic,
     )
 
 

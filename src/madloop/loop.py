@@ -106,11 +106,11 @@ def generation_seed(seed: int, stream: int, generation: int) -> np.random.SeedSe
     return np.random.SeedSequence(seed, spawn_key=(stream, generation))
 
 
-DRAW, FIT, METRIC, GALLERY = range(4)  # the children of a generation's seed
+DRAW, FIT, METRIC, GALLERY, SYNTHETIC_METRIC = range(5)  # the children of a generation's seed
 
 
 def child_seed(seed: int, stream: int, generation: int, child: int) -> np.random.SeedSequence:
-    """``generation_seed(seed, stream, generation).spawn(4)[child]``, built directly: a spawned
+    """``generation_seed(seed, stream, generation).spawn(5)[child]``, built directly: a spawned
     child is the SeedSequence with the parent's spawn key plus its index, so this gives the same
     numbers without constructing the siblings a generation does not use."""
     return np.random.SeedSequence(seed, spawn_key=(stream, generation, child))
@@ -139,6 +139,9 @@ class Loop:
     real_weight : float, optional
         The real rows' share of each training set's weight from generation 2 on
         (``loop.real_weight``; :func:`madloop.types.weigh_sources`). None: unweighted.
+    synthetic : SyntheticDraw, optional
+        How a synthetic batch is made when the config curates or corrects it
+        (:mod:`madloop.synthetic`); then the arm runs on points.
     """
 
     def __init__(
@@ -154,16 +157,18 @@ class Loop:
         stream: int = 0,
         label: str = "base",
         real_weight: float | None = None,
+        synthetic: Any = None,
     ) -> None:
         self.regime = regime
         self.real_weight = real_weight
+        self.synthetic = synthetic
         self.model = model
         self.real = real
         self.bias = bias
         self.replicates = replicates
         self.seed = seed
         self.stream = stream
-        self.exact = exact and exact_capable(regime, model, real)
+        self.exact = exact and synthetic is None and exact_capable(regime, model, real)
         self.generation = 0
         self.label = label
         self.kept: dict[str, Batch] = {}
@@ -218,7 +223,11 @@ class Loop:
 
         def measure() -> dict[str, np.ndarray]:
             metric_rng = np.random.default_rng(child_seed(self.seed, self.stream, t, METRIC))
-            return evaluate(self.model, self.real, rng=metric_rng, generation=t, bias=self.bias)
+            out = evaluate(self.model, self.real, rng=metric_rng, generation=t, bias=self.bias)
+            if self.synthetic is not None:  # e.g. mean_reward, from a stream of its own
+                rng = np.random.default_rng(child_seed(self.seed, self.stream, t, SYNTHETIC_METRIC))
+                out |= self.synthetic.metrics(self.model, self.real, bias=self.bias, rng=rng)
+            return out
 
         metrics = self.chains.measure(measure)
         return [GenerationRecord(t, metrics, provenance, np.asarray(size), failures, self.label)]
@@ -301,6 +310,8 @@ class Loop:
             return stats
         if from_real:
             points = self.real.sample_points(part.size, replicates=R, rng=rng)
+        elif self.synthetic is not None:  # curated / corrected (madloop.synthetic)
+            points = self.synthetic.draw(self.model, self.real, part.size, bias=self.bias, rng=rng)
         else:
             points = self.model.sample_points(part.size, bias=self.bias, rng=rng)
         points.source = np.full(points.X.shape[:2], source, dtype=np.int8)

@@ -29,6 +29,8 @@ from madloop.config.sections import (
     TrackingConfig,
     check_name,
 )
+from madloop.correction import CORRECTIONS
+from madloop.curation import curation_problems
 from madloop.data import load_sources
 from madloop.models.base import load_families
 from madloop.regimes import REGIMES, Regime, load_regimes
@@ -71,6 +73,8 @@ class ExperimentConfig(TopLevel):
 
 
 TOP_LEVEL = set(ExperimentConfig.model_fields)
+#: 2-D sources without a ``dim`` field
+TWO_D = ("ring", "grid", "moons")
 
 
 def validate_section(
@@ -168,6 +172,8 @@ def validate(raw: Mapping[str, Any], *, arm: str | None = None) -> ExperimentCon
                 f"sampling.top_k: not supported by regime '{loop.regime}' (its own engine "
                 "builds the models); use a single-chain regime or drop sampling.top_k"
             )
+        if data is not None:
+            problems.extend(synthetic_problems(loop, data))
     own = getattr(data, "config_problems", None)  # a source's checks on [model] and [loop]
     if own is not None and model is not None and loop is not None and not problems:
         problems.extend(own(model, loop, make_regime(loop)))
@@ -341,8 +347,56 @@ def real_weight_problems(loop: LoopConfig, model: ModelConfig | None) -> list[st
     return []
 
 
+def data_dimension(data: DataConfig) -> int | None:
+    """Numbers per data row from the config alone (``dim``, ``event_size()``), None: unknown."""
+    dim = getattr(data, "dim", None)
+    if isinstance(dim, int):
+        return dim
+    if hasattr(data, "event_size"):
+        return int(data.event_size())
+    if data.kind == "images":  # side x side pixels after downscaling (native: 8 digits, 28)
+        side = int(getattr(data, "size", 0) or (8 if data.source == "digits" else 28))
+        return side * side
+    return 2 if data.source in TWO_D else None
+
+
+def synthetic_problems(loop: LoopConfig, data: DataConfig) -> list[str]:
+    """``loop.curation`` (a known reward, params of the data's dimension) and
+    ``loop.correction`` (a source that has one)."""
+    if getattr(REGIMES.get(loop.regime), "engine", "loop") != "loop":
+        return []  # the web pool validates its own curation table (and refuses correction)
+    if loop.curation is not None and data.kind == "tokens":
+        problems = [
+            f"loop.curation: rewards score real-valued points, got data.source = "
+            f"{data.source!r} (token ids); remove loop.curation"
+        ]
+    else:
+        problems = curation_problems(loop.curation, data_dimension(data))
+    if loop.curation is not None and loop.curation.reward == "classifier":
+        if data.kind != "images":  # whether the source has one is checked when it is built
+            problems.append(
+                "loop.curation.reward: 'classifier' needs an image data set (its classifier), "
+                f"got data.source = {data.source!r}; use 'linear' or 'quadratic'"
+            )
+    if loop.correction is not None and data.source not in CORRECTIONS:
+        problems.append(
+            f"loop.correction: no correction towards the real law for data.source = "
+            f"{data.source!r} (supported: {', '.join(sorted(CORRECTIONS))}); remove it"
+        )
+    return problems
+
+
 def make_regime(loop: LoopConfig) -> Regime:
     cls = REGIMES[loop.regime]
+    single_chain = getattr(cls, "engine", "loop") == "loop"
     # the weight is the loop's, not the recipe's (Loop and the theory read loop.real_weight)
-    params = loop.model_dump(exclude={"regime", "real_weight"})
-    return cls(**params)
+    exclude = {"regime", "real_weight"}
+    if single_chain:
+        exclude |= {"curation", "correction"}
+    regime = cls(**loop.model_dump(exclude=exclude))
+    if single_chain and (loop.curation is not None or loop.correction is not None):
+        # curation picks points and correction moves them: neither is a function of a batch's
+        # sufficient statistics, so such an arm runs in sample mode (exact_mode says so)
+        regime.exact = False
+        regime.sample_reason = "curation / correction act on points"
+    return regime

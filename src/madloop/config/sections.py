@@ -205,6 +205,32 @@ class SamplingConfig(Section):
 SizeField = int | list[int]
 
 
+#: a finite number (NaN and infinities are refused with the field's name)
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class CurationSection(Section):
+    """``loop.curation`` of a single-chain regime (see :mod:`madloop.curation`): each synthetic
+    point is the Luce choice among ``choices`` candidates of the previous model, with probability
+    ∝ exp(``scale`` · r(x)); r is the registered reward ``reward`` (``linear``: a·x with
+    a = ``direction``; ``quadratic``: -||x - ``target``||²; ``classifier``: the real data's
+    classifier confidence). The reward's name and params are checked against the data in
+    :mod:`madloop.config.schema`."""
+
+    reward: str = "linear"
+    direction: list[Finite] | None = None
+    target: list[Finite] | None = None
+    choices: int = Field(2, ge=1, le=100_000)  # K = 1 is no curation
+    scale: Finite = Field(1.0, gt=0.0)  # β: the reward's inverse temperature
+
+
+class CorrectionSection(Section):
+    """``loop.correction`` (see :mod:`madloop.correction`): synthetic points move a share
+    γ/(1+γ) of the way to their optimally matched draws of the real law (γ = ``strength``)."""
+
+    strength: Finite = Field(ge=0.0)
+
+
 class LoopConfig(Section):
     """The ``[loop]`` table's common fields; a regime with more registers a subclass."""
 
@@ -225,6 +251,8 @@ class LoopConfig(Section):
                 f"is optimal for a mean with real_size = synthetic_size), got {v}"
             )
         return v
+    curation: CurationSection | None = None  # reward-curated synthetic draws
+    correction: CorrectionSection | None = None  # self-corrected synthetic draws
 
 
 def flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -75,8 +75,9 @@ class CurationConfig(Section):
     @field_validator("score")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in SCORERS:
-            raise ValueError(f"unknown scorer {v!r} (available: {', '.join(sorted(SCORERS))})")
+        usable = sorted(k for k, s in SCORERS.items() if not s.params)
+        if v not in usable:  # a scorer with params (linear: a direction) is the loop's reward
+            raise ValueError(f"unknown scorer {v!r} (available: {', '.join(usable)})")
         return v
 
 
@@ -163,6 +164,11 @@ class WebPoolConfig(LoopConfig):
                     f"{key}: not used by regime 'web-pool' (its sizes are loop.scrape_size, "
                     "loop.new_content and loop.initial_real); remove it"
                 )
+        if self.correction is not None:
+            raise ValueError(
+                "correction: not supported by regime 'web-pool' (it corrects a single chain's "
+                "synthetic draws); use a single-chain regime such as 'accumulate', or remove it"
+            )
         names = [lin.name for lin in self.lineages]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:

@@ -2,6 +2,7 @@
 
 - :mod:`madloop.theory.gaussian`: the Gaussian loops (moment recursion for every batch-union
   regime, the log-det drift);
+- :mod:`madloop.theory.curation`: reward-curated Gaussian loops (Luce choice among K);
 - :mod:`madloop.theory.discrete`: Wright–Fisher (categorical) loops;
 - :mod:`madloop.theory.regression`: the linear-regression loop (fixed / fresh design, ridge);
 - :mod:`madloop.theory.pool`: the web pool's moment recursion and critical fractions.
@@ -15,7 +16,7 @@ its regime.
 """
 
 # the built-in predictors register themselves on import
-from madloop.theory import discrete, gaussian, regression  # noqa: E402  (after the registry)
+from madloop.theory import curation, discrete, gaussian, regression  # noqa: E402  (after the registry)
 from madloop.theory.registry import (
     PREDICTORS,
     THEORY_COLUMNS,
@@ -30,6 +31,7 @@ __all__ = [
     "THEORY_COLUMNS",
     "Predictor",
     "arm_predictions",
+    "curation",
     "discrete",
     "gaussian",
     "predictions_frame",
