@@ -229,3 +229,26 @@ def test_figures_as_svg_from_run_and_report(tmp_path):
     bad = runner.invoke(app, ["report", str(tmp_path / "run"), "--figures", str(rep),
                               "--format", "gif"])  # fmt: skip
     assert bad.exit_code == 2 and "--format" in bad.output
+
+
+def test_a_sweep_summary_is_over_seeds_times_chains(tmp_path):
+    from madloop.sweeps import sweep
+
+    cfg = {
+        "name": "sw", "seed": 2, "generations": 2, "replicates": 3,
+        "data": {"source": "gaussian", "dim": 2},
+        "model": {"family": "gaussian", "mode": "exact"},
+        "loop": {"regime": "fully-synthetic", "synthetic_size": 20},
+        "sweep": {"seeds": 2, "grid": {"sampling.bias": [1.0, 0.8]}},
+    }  # fmt: skip
+    result = sweep(cfg, out=tmp_path / "sw", executor="serial")
+    s = result.summary
+    assert (s["n"] == 6).all()  # 2 seeds x 3 chains in every cell
+    on_disk = pd.read_csv(tmp_path / "sw" / "sweep_summary.csv")
+    assert len(on_disk) == len(s) and {"ci_low", "ci_high", "theory"} <= set(on_disk.columns)
+    cell = result.results.query("`sampling.bias` == 0.8 and generation == 2 and "
+                                "metric == 'trace_ratio'")["value"]  # fmt: skip
+    row = s.query("`sampling.bias` == 0.8 and generation == 2 and metric == 'trace_ratio'")
+    lo, hi = stats.t.interval(0.95, 5, loc=cell.mean(), scale=stats.sem(cell))
+    assert row["ci_low"].iloc[0] == pytest.approx(lo) and row["ci_high"].iloc[0] == pytest.approx(hi)
+    assert np.isfinite(row["theory"].iloc[0])
