@@ -20,6 +20,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from madloop.config import Arm, ConfigError, ExperimentConfig, make_regime, parse
@@ -113,9 +114,11 @@ def summary_html(summary: pd.DataFrame, name: str) -> str:
 
     rows = []
     for r in last.itertuples():
-        ci = f"{cell(r.ci_low)} to {cell(r.ci_high)}" if pd.notna(r.ci_low) else ""
+        low, high = getattr(r, "ci_low", np.nan), getattr(r, "ci_high", np.nan)  # old runs lack
+        ci = f"{cell(low)} to {cell(high)}" if pd.notna(low) else ""
+        theory = getattr(r, "theory", np.nan)
         values = [r.arm, r.metric, int(r.generation), cell(r.mean), ci,
-                  cell(floor.get((r.arm, r.metric))), cell(r.theory)]  # fmt: skip
+                  cell(floor.get((r.arm, r.metric))), cell(theory)]  # fmt: skip
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in values) + "</tr>")
     head = ["arm", "metric", "generation", "mean", "95% CI of the mean", "real data", "theory"]
     return (
