@@ -23,6 +23,7 @@ LAYERS = {
     "madloop.storage": 0,
     "madloop.linalg": 0,
     "madloop.counts": 0,
+    "madloop.glossary": 0,  # what each metric means (the report reads it)
     "madloop.config": 1,  # sections, errors, merging (schema/arms/paths below are 3)
     "madloop.tables": 1,
     "madloop.models": 2,
@@ -38,6 +39,7 @@ LAYERS = {
     "madloop.config.paths": 3,
     "madloop.loop": 4,
     "madloop.engines": 4,
+    "madloop.floor": 4,  # generation 0: the sample-based metrics of real data
     "madloop.pool": 4,
     "madloop.checkpoint": 4,
     "madloop.galleries": 4,
@@ -52,7 +54,8 @@ LAYERS = {
     "madloop.report": 1,  # reads run directories: storage and tables, never the loop
 }
 #: what the report may import from madloop (it must open a run directory on its own)
-REPORT_MAY_IMPORT = ("madloop.report", "madloop.storage", "madloop.tables", "madloop.types")
+REPORT_MAY_IMPORT = ("madloop.report", "madloop.storage", "madloop.tables", "madloop.types",
+                     "madloop.glossary")  # fmt: skip
 LONG_MODULE = 600  # lines
 LONG_FUNCTION = 80  # lines of body; a longer one says why in a "# long:" comment
 

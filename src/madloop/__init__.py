@@ -16,6 +16,8 @@ _EXPORTS = {
     "ConfigError": "madloop.experiment",
     "ExperimentConfig": "madloop.experiment",
     "FitFailed": "madloop.models.base",
+    "load": "madloop.experiment",
+    "load_config": "madloop.config",
     "Model": "madloop.models.contract",
     "register_family": "madloop.models.contract",
     "RunResult": "madloop.experiment",
@@ -26,9 +28,11 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ loads them
+    from madloop.config import load_config as load_config
     from madloop.experiment import ConfigError as ConfigError
     from madloop.experiment import ExperimentConfig as ExperimentConfig
     from madloop.experiment import RunResult as RunResult
+    from madloop.experiment import load as load
     from madloop.experiment import run as run
     from madloop.models.base import FitFailed as FitFailed
     from madloop.models.contract import Model as Model

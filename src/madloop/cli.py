@@ -103,6 +103,22 @@ def progress_bar(quiet: bool) -> LazyProgress:
 ConfigArg = Annotated[Path, typer.Argument(help="Experiment config (TOML).", show_default=False)]
 
 
+FiguresOpt = Annotated[
+    Path | None,
+    typer.Option("--figures", help="Also write every figure into this folder (see --format)."),
+]
+FormatOpt = Annotated[
+    str, typer.Option("--format", help="Format of the --figures files: png, svg or pdf.")
+]
+FIGURE_FORMATS = ("png", "svg", "pdf")  # as madloop.report.plots.FIGURE_FORMATS
+
+
+def check_figure_format(fmt: str) -> None:
+    """--format names a format the figure writers know (checked before any work is done)."""
+    if fmt not in FIGURE_FORMATS:
+        fail([f"--format: {fmt!r} is not a figure format; use one of {', '.join(FIGURE_FORMATS)}"])
+
+
 ImportOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -148,6 +164,8 @@ def run_cmd(
         bool, typer.Option("--dry-run", help="Print the memory and disk estimate and exit.")
     ] = False,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip plots/.")] = False,
+    figures: FiguresOpt = None,
+    fmt: FormatOpt = "png",
     imports: ImportOpt = None,
     track: Annotated[
         str | None,
@@ -167,6 +185,7 @@ def run_cmd(
     from madloop.experiment import run
 
     import_user_code(imports)
+    check_figure_format(fmt)
     try:
         base, arms = parse(config, seed=seed, generations=generations, replicates=replicates)
         tracked = tracking.resolve(base.tracking, name=base.name, backend=track, uri=track_uri)
@@ -216,8 +235,8 @@ def run_cmd(
             )
         except ConfigError as e:
             fail(e.problems)
-    if not no_plots:
-        result.write_plots()
+    if not no_plots or figures is not None:
+        result.write_plots(figures, fmt)
     if not quiet:
         console.print(last_generation_table(base.name, result.summary))
     console.print(f"wrote {out}")
@@ -309,9 +328,8 @@ def report_cmd(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="HTML file [default: DIR/report.html].")
     ] = None,
-    figures: Annotated[
-        Path | None, typer.Option(help="Also write every figure as a PNG into this folder.")
-    ] = None,
+    figures: FiguresOpt = None,
+    fmt: FormatOpt = "png",
     k: Annotated[
         float | None,
         typer.Option("--k", help="Flag departures from theory beyond k standard errors."),
@@ -320,8 +338,9 @@ def report_cmd(
     """Write one self-contained HTML page (figures inline, no network) for DIRECTORY."""
     from madloop.report.html import ReportError, build_report
 
+    check_figure_format(fmt)
     try:
-        path = build_report(directory, out, figures=figures, cutoff=k)
+        path = build_report(directory, out, figures=figures, cutoff=k, fmt=fmt)
     except ReportError as e:
         fail([str(e)])
     console.print(f"wrote {path}")
@@ -406,6 +425,8 @@ def sweep_cmd(
     ] = None,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Phase diagrams.")] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    figures: FiguresOpt = None,
+    fmt: FormatOpt = "png",
     imports: ImportOpt = None,
 ) -> None:
     """Run the grid x seeds of CONFIG's sweep table; write results.parquet, theory.parquet,
@@ -416,6 +437,7 @@ def sweep_cmd(
     from madloop.sweeps import plan, sweep
 
     import_user_code(imports)
+    check_figure_format(fmt)
     kind = executor or ("ray" if address else "local")
     if kind not in EXECUTORS:
         fail([f"--executor: unknown executor {kind!r} (available: {', '.join(EXECUTORS)})"])
@@ -453,8 +475,8 @@ def sweep_cmd(
             )
         except (ImportError, ConnectionError) as e:  # no Ray, or no cluster at --address
             fail([str(e)])
-    if plots:
-        result.write_plots(generation)
+    if plots or figures is not None:
+        result.write_plots(generation, figures, fmt)
     if result.manifest["stale_tasks"]:
         err.print(
             f"[yellow]note[/yellow]: {len(result.manifest['stale_tasks'])} task directories in "

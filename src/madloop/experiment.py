@@ -17,19 +17,23 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from madloop.config import Arm, ConfigError, ExperimentConfig, make_regime, parse
 from madloop.engines import build_engine, real_source
+from madloop.floor import engine_floor
 from madloop.galleries import gallery_generations, write_gallery
+from madloop.glossary import as_dict as glossary_dict
 from madloop.loop import Engine, GenerationRecord
 from madloop.storage import write_atomic, write_json, write_parquet
 from madloop.storage.environment import git_commit, versions
 from madloop.storage.layout import CACHE, CHECKPOINTS, MANIFEST, METRICS, PROVENANCE, SUMMARY
 from madloop.storage.lock import DirectoryLock, DirectoryLocked
-from madloop.tables import RecordColumns, summarize
+from madloop.tables import RecordColumns, long_table, summarize
 from madloop.theory import predictions_frame
 
 
@@ -39,24 +43,111 @@ class RunResult:
     """The tables of a run. ``metrics``: long table (arm, generation, replicate, metric, value);
     ``summary``: per arm, generation and metric; ``provenance``: training-set make-up."""
 
-    config: ExperimentConfig
+    config: ExperimentConfig | None  # None: reopened by :func:`load` where it does not validate
     metrics: pd.DataFrame
     summary: pd.DataFrame
     provenance: pd.DataFrame
     manifest: dict[str, Any] = field(default_factory=dict)
     out: Path | None = None
 
-    def write_plots(self) -> dict[str, float]:
+    def write_plots(
+        self, figures: str | os.PathLike | None = None, fmt: str = "png"
+    ) -> dict[str, float]:
         """Draw ``plots/`` of the run directory from its summary (the CLI does this after a run;
-        the run itself draws nothing) and record the time in the manifest."""
+        the run itself draws nothing) and record the time in the manifest; with ``figures``, the
+        same figures as ``fmt`` (png, svg, pdf) into that folder too."""
         if self.out is None:
             raise ValueError("this run has no directory: pass out= to madloop.run")
         from madloop.report.plots import write_run_plots
 
-        timings = write_run_plots(self.out)
+        timings = write_run_plots(self.out, figures, fmt)
         self.manifest.setdefault("timings_s", {}).update(timings)
         write_json(self.out / MANIFEST, self.manifest)
         return timings
+
+    def plot(self, metric: str, ax: Any = None) -> Any:
+        """Draw ``metric`` on ``ax`` (a new figure's axes when None) and return the Axes: per
+        arm the mean over chains, its 95% confidence interval, the chains' 5-95% spread, theory
+        dashed and the real-data floor (generation 0) dotted."""
+        from madloop.report.plots import metric_title, plot_metric
+
+        if metric not in set(self.summary["metric"]):
+            known = ", ".join(dict.fromkeys(self.summary["metric"]))
+            raise ValueError(f"metric {metric!r} is not in this run (it has: {known})")
+        if ax is None:
+            from matplotlib.figure import Figure
+
+            ax = Figure(figsize=(6.4, 4.0)).add_subplot()
+        plot_metric(self.summary, metric, ax)
+        ax.set_title(metric_title(metric), fontsize=10)
+        ax.legend(fontsize=7, ncol=2)
+        return ax
+
+    def report(self, path: str | os.PathLike | None = None) -> Path:
+        """Write the HTML report of this run's directory to ``path`` (default
+        ``out/report.html``); returns where it went."""
+        if self.out is None:
+            raise ValueError("this run has no directory: pass out= to madloop.run")
+        from madloop.report.html import build_report
+
+        return build_report(self.out, path)
+
+    def _repr_html_(self) -> str:
+        """A notebook's view: per arm and metric, the last generation's mean with its 95%
+        interval, the real-data floor and theory."""
+        name = self.manifest.get("name") or getattr(self.config, "name", None) or "run"
+        return summary_html(self.summary, str(name))
+
+
+def summary_html(summary: pd.DataFrame, name: str) -> str:
+    """A compact HTML table of a summary's last generation per arm (see ``_repr_html_``)."""
+    import html
+
+    if summary.empty:
+        return f"<p><b>{html.escape(name)}</b>: no metrics</p>"
+    trained = summary[summary["generation"] > 0]
+    last = trained[trained["generation"] == trained.groupby("arm")["generation"].transform("max")]
+    floor = summary[summary["generation"] == 0].set_index(["arm", "metric"])["mean"].to_dict()
+
+    def cell(x: Any) -> str:
+        return f"{float(x):.4g}" if pd.notna(x) else ""
+
+    rows = []
+    for r in last.itertuples():
+        low, high = getattr(r, "ci_low", np.nan), getattr(r, "ci_high", np.nan)  # old runs lack
+        ci = f"{cell(low)} to {cell(high)}" if pd.notna(low) else ""
+        theory = getattr(r, "theory", np.nan)
+        values = [r.arm, r.metric, int(r.generation), cell(r.mean), ci,
+                  cell(floor.get((r.arm, r.metric))), cell(theory)]  # fmt: skip
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in values) + "</tr>")
+    head = ["arm", "metric", "generation", "mean", "95% CI of the mean", "real data", "theory"]
+    return (
+        f"<p><b>{html.escape(name)}</b>: {summary['arm'].nunique()} arm(s), last generation</p>"
+        "<table><thead><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead><tbody>"
+        + "".join(rows) + "</tbody></table>"
+    )  # fmt: skip
+
+
+def load(run_dir: str | os.PathLike) -> RunResult:
+    """Reopen a run directory as a :class:`RunResult` (its tables, manifest and config), e.g.
+    ``madloop.load("runs/mad-gaussian").plot("trace_ratio")`` in a notebook."""
+    from madloop.storage import RunDir
+
+    run_dir = Path(run_dir)
+    rd = RunDir(run_dir)
+    if not rd.exists():
+        raise ConfigError([f"{run_dir}: not a run directory (no summary.csv or metrics.parquet)"])
+    manifest = rd.read_manifest() if rd.manifest.exists() else {}
+    config = None
+    if manifest.get("config"):
+        try:
+            config, _ = parse(manifest["config"])
+        except ConfigError as err:  # e.g. a family registered by code not imported here
+            warnings.warn(f"{run_dir}: its config does not validate here ({err})", stacklevel=2)
+    metrics = rd.read_metrics() if rd.metrics.exists() else pd.DataFrame()
+    summary = rd.read_summary() if rd.summary.exists() else summarize(metrics)
+    provenance = pd.read_csv(rd.provenance) if rd.provenance.exists() else pd.DataFrame()
+    return RunResult(config, metrics, summary, provenance, manifest, run_dir)
 
 
 def theory_frame(arms: list[Arm]) -> pd.DataFrame:
@@ -172,8 +263,11 @@ def _run_arms(
         modes[arm.name] = "exact" if engine.exact else "sample"
         if resume:
             resumed[arm.name] = start
+        floor = engine_floor(engine, {n for c in columns.values() for n in c.values})
         for label in engine.labels:
             failures += columns[label].failures()
+            if any(n in floor for n in columns[label].values):
+                frames.append(floor_table(label, floor, columns[label]))
             frames.append(columns[label].long_table())
             prov.append(columns[label].provenance_table())
         timings[arm.name] = round(time.perf_counter() - t0, 4)
@@ -181,6 +275,12 @@ def _run_arms(
     if resume:
         extra["resumed_from"] = resumed
     return assemble_result(base, arms, frames, prov, modes, timings, started, extra)
+
+
+def floor_table(label: str, floor: dict[str, Any], columns: RecordColumns) -> pd.DataFrame:
+    """The generation-0 rows of one label (:mod:`madloop.floor`), its metrics in its order."""
+    names = [n for n in columns.values if n in floor]
+    return long_table(label, [SimpleNamespace(generation=0, metrics={n: floor[n] for n in names})])
 
 
 def bias_texts(arms: list[Arm]) -> dict[str, str]:
@@ -213,6 +313,7 @@ def assemble_result(
     summary = summarize(metrics, theory_frame(arms))
     summary["bias"] = summary["arm"].map(bias_texts(arms)).astype(object)
     provenance = pd.concat(prov, ignore_index=True)
+    known = glossary_dict()
     manifest = {
         "name": base.name,
         "seed": base.seed,
@@ -225,6 +326,7 @@ def assemble_result(
         "command": " ".join(sys.argv),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "timings_s": {"arms": timings, "total": round(time.time() - started, 4)},
+        "glossary": {m: known[m] for m in summary["metric"].unique() if m in known},
         **(extra or {}),
     }
     return RunResult(base, metrics, summary, provenance, manifest)

@@ -162,11 +162,17 @@ def summarize(
     keys: Sequence[str] = ("arm", "generation", "metric"),
 ) -> pd.DataFrame:
     """Per ``keys`` (default arm, generation and metric): mean, std_error, median, q05, q95, n,
-    and theory where ``theory`` has it.
+    ci_low, ci_high, and theory where ``theory`` has it.
 
     ``n`` counts the finite-or-infinite values: a stopped chain reports NaN and is left out of
     every statistic; ±inf values (log det of a singular fit) are reported as such. The standard
     error is the sample standard deviation (ddof 1) over sqrt(n), NaN for n < 2.
+
+    Two different bands, for two questions: ``q05``/``q95`` are the 5% and 95% quantiles of the
+    chains (where one chain is likely to be), while ``ci_low``/``ci_high`` are the 95% confidence
+    interval of the *mean* over chains, mean ± t(0.975, n - 1) · std_error (Student t with n - 1
+    degrees of freedom, so it holds for few chains of a roughly normal metric; NaN for n < 2).
+    Over a sweep the same columns are over every (seed, chain) of a cell.
     """
     keys = list(keys)
     if metrics.empty:
@@ -181,12 +187,45 @@ def summarize(
     out.insert(at + 1, "std_error", std_error)
     out.insert(at + 3, "q05", q05)
     out.insert(at + 4, "q95", q95)
+    ci_low, ci_high = mean_interval(out["mean"].to_numpy(float), std_error, out["n"].to_numpy())
+    out.insert(at + 6, "ci_low", ci_low)
+    out.insert(at + 7, "ci_high", ci_high)
     if theory is not None and not theory.empty:
         on = [k for k in keys if k in theory.columns]
         out = out.merge(theory, on=on, how="left")
     else:
         out["theory"] = np.nan
     return out
+
+
+def sweep_summary(
+    results: pd.DataFrame, theory: pd.DataFrame | None, keys: Sequence[str]
+) -> pd.DataFrame:
+    """A sweep's summary: :func:`summarize` per (swept keys..., arm, generation, metric) over
+    every seed x chain of a cell (so ``n``, ``std_error`` and ``ci_low``/``ci_high`` count them
+    all), with ``theory`` the mean of the cell's closed forms over seeds."""
+    group = [*keys, "arm", "generation", "metric"]
+    th = None
+    if theory is not None and not theory.empty:
+        th = theory.groupby(group, sort=False, dropna=False)["theory"].mean().reset_index()
+    return summarize(results, th, keys=group)
+
+
+CI_LEVEL = 0.95  # the confidence of ``ci_low`` / ``ci_high``
+
+
+def mean_interval(
+    mean: np.ndarray, std_error: np.ndarray, n: np.ndarray, level: float = CI_LEVEL
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``level`` confidence interval of a mean: mean ± t(1 - α/2, n - 1) · std_error, NaN
+    where n < 2 (one chain says nothing about the mean's uncertainty)."""
+    from scipy.stats import t as student_t  # here: importing the tables stays light
+
+    n = np.asarray(n, dtype=float)
+    dof = np.where(n >= 2, n - 1.0, np.nan)
+    with np.errstate(invalid="ignore"):
+        half = student_t.ppf(0.5 + level / 2, dof) * np.asarray(std_error, dtype=float)
+    return mean - half, mean + half
 
 
 #: what ``Series.quantile`` hands ``np.percentile`` for q = 0.05 and 0.95

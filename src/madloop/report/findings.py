@@ -24,6 +24,11 @@ from scipy.stats import norm
 FAMILY_ALPHA = 0.01
 COLLAPSED_BELOW = 0.5  # trace ratio: the model kept less than half the real variance
 SHRINKING_BELOW = 0.9
+DIVERGING_ABOVE = 1.5  # trace ratio: the variance grew by half or more (a diverging fit)
+DEGRADED_ABOVE = 1.5  # perplexity: 50% above its reference
+#: how bad each verdict is: the worst one any rule gives decides
+SEVERITY = {"stable": 0, "shrinking": 1, "degrading": 1, "collapsing": 2, "diverging": 3,
+            "collapsed": 4}  # fmt: skip
 
 
 def theory_cutoff(n_comparisons: int, alpha: float = FAMILY_ALPHA) -> float:
@@ -49,8 +54,11 @@ class Departure:
 class ArmFinding:
     arm: str
     generations: int
-    verdict: str  # "collapsed" | "collapsing" | "shrinking" | "stable" | "" (unknown)
+    verdict: str  # "collapsed" | "diverging" | "collapsing" | "shrinking" | "degrading" |
+    #               "stable" | "" (unknown)
     sentences: list[str] = field(default_factory=list)
+    decided_by: str = ""  # the metric whose rule gave the verdict
+    reason: str = ""  # why, in a few words
     halving_generation: int | None = None
     log_det_slope: float | None = None
     log_det_slope_theory: float | None = None
@@ -67,6 +75,14 @@ class Findings:
     @property
     def flagged(self) -> list[Departure]:
         return [d for d in self.departures if d.flagged]
+
+
+def decide(finding: ArmFinding, verdict: str, metric: str, reason: str) -> None:
+    """Keep the worse of ``finding``'s verdict and this one (the first of equals): every rule
+    votes, and the verdict names the metric that decided it."""
+    if finding.verdict and SEVERITY[verdict] <= SEVERITY.get(finding.verdict, -1):
+        return
+    finding.verdict, finding.decided_by, finding.reason = verdict, metric, reason
 
 
 def with_z(summary: pd.DataFrame) -> pd.DataFrame:
@@ -100,23 +116,36 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
-DIVERSITY_HINTS = ("recall", "coverage", "modes", "entropy", "distinct")
+#: metrics whose fall is lost diversity (by name part: recall, coverage, modes_covered, ...)
+DIVERSITY_HINTS = ("recall", "coverage", "modes", "entropy", "distinct", "support", "tail_mass",
+                   "heterozygosity")  # fmt: skip
 
 
 def arm_finding(arm: str, rows: pd.DataFrame) -> ArmFinding:
     """What happened to one arm, from its summary rows (all metrics, all generations).
 
-    The verdict: "collapsed" when the mean or the median chain keeps less than half the real
-    variance (trace ratio) at the last generation; "collapsing" when the volume (log det Σ) still
-    falls over the run's second half fast enough to halve within another run of the same length,
-    although the mean trace holds (the λ = 1 case: E[Σ_t] = Σ_0 while Σ_t -> 0 almost surely);
-    "shrinking" when the mean trace ratio ends below 0.9; "stable" otherwise. Without a variance
-    metric, the first diversity-like metric (recall, coverage, modes...) decides by its ratio of
-    last to first generation.
+    Every suite the run has votes and the worst verdict wins (:data:`SEVERITY`), naming the
+    metric that decided it (``decided_by``, ``reason``). The trace ratio: "collapsed" when the
+    mean or the median chain keeps less than half the real variance at the last generation,
+    "diverging" when the mean ends above 1.5 (the variance grew: a fit that blows up is no more
+    stable than one that shrinks), "collapsing" when the volume (log det Σ) still falls over the
+    run's second half fast enough to halve within another run of the same length although the
+    mean trace holds (the λ = 1 case: E[Σ_t] = Σ_0 while Σ_t -> 0 almost surely), "shrinking"
+    when the mean ends below 0.9, "stable" otherwise. Diversity metrics (recall, coverage, modes,
+    support, entropy...): "collapsed" below half their reference, "shrinking" below 0.9 of it.
+    A metric's rule decides only by being worse than the others'.
+    Perplexity: "degrading" above 1.5 times its reference, "collapsed" above 2 times. The
+    reference is generation 1 (the verdict judges what the loop lost, not a model class that
+    never fit); the real-data floor (generation 0) is quoted beside it where the run has one.
     """
-    T = int(rows["generation"].max())
+    floor = rows[rows["generation"] == 0]
+    rows = rows[rows["generation"] > 0]
+    T = int(rows["generation"].max()) if len(rows) else 0
     finding = ArmFinding(arm, T, "")
+    if rows.empty:
+        return finding
     by_metric = {m: g.sort_values("generation") for m, g in rows.groupby("metric", sort=False)}
+    floors = {str(m): float(v) for m, v in zip(floor["metric"], floor["mean"], strict=True)}
     late_slope = None
     ld = by_metric.get("log_det_change")
     if ld is not None:
@@ -138,7 +167,9 @@ def arm_finding(arm: str, rows: pd.DataFrame) -> ArmFinding:
             f"The mean drifts: ||μ_t - μ_0||² goes from {_fmt(me['mean'].iloc[0])} to "
             f"{_fmt(me['mean'].iloc[-1])}."
         )
-    _other_metrics(finding, by_metric, int(rows["generation"].min()))
+    _other_metrics(finding, by_metric, int(rows["generation"].min()), floors)
+    if finding.decided_by:
+        finding.sentences.insert(0, f"Verdict from {finding.decided_by}: {finding.reason}.")
     return finding
 
 
@@ -150,14 +181,17 @@ def _trace_finding(finding: ArmFinding, tr: pd.DataFrame, late_slope: float | No
     median = tr["median"].to_numpy(float) if "median" in tr else mean
     last, last_median = mean[-1], median[-1]
     finding.halving_generation = first_generation_below(gens, mean, 0.5)
+    kept = f"keeps {_fmt(100 * last)}% of the real variance"
     if min(last, last_median) < COLLAPSED_BELOW:
-        finding.verdict = "collapsed"
+        decide(finding, "collapsed", "trace_ratio", kept)
+    elif last > DIVERGING_ABOVE:
+        decide(finding, "diverging", "trace_ratio", f"the variance grew to {_fmt(100 * last)}%")
     elif late_slope is not None and late_slope * T < -np.log(2):
-        finding.verdict = "collapsing"
+        decide(finding, "collapsing", "log_det_change", "the volume still halves within the run")
     elif last < SHRINKING_BELOW:
-        finding.verdict = "shrinking"
+        decide(finding, "shrinking", "trace_ratio", kept)
     else:
-        finding.verdict = "stable"
+        decide(finding, "stable", "trace_ratio", kept)
     text = f"Keeps {_fmt(100 * last)}% of the real variance after {T} generations (mean "
     text += f"trace ratio {_fmt(last)}; median chain {_fmt(last_median)}; 5-95% of chains "
     text += f"{_fmt(tr['q05'].iloc[-1])} to {_fmt(tr['q95'].iloc[-1])})"
@@ -200,8 +234,15 @@ def _log_det_sentences(finding: ArmFinding, ld: pd.DataFrame, late_slope: float 
     finding.sentences.append(text + ".")
 
 
-def _other_metrics(finding: ArmFinding, by_metric: dict[str, pd.DataFrame], first_gen: int) -> None:
-    """First -> last of every other metric; a diversity-like one decides a missing verdict."""
+def _other_metrics(
+    finding: ArmFinding,
+    by_metric: dict[str, pd.DataFrame],
+    first_gen: int,
+    floors: dict[str, float] | None = None,
+) -> None:
+    """First -> last of every other metric (with its real-data value where there is one); the
+    diversity metrics and perplexity vote on the verdict (:func:`arm_finding`)."""
+    floors = floors or {}
     others = []
     for metric, g in by_metric.items():
         if metric in {"trace_ratio", "log_det_change", "mean_error_sq"}:
@@ -209,16 +250,22 @@ def _other_metrics(finding: ArmFinding, by_metric: dict[str, pd.DataFrame], firs
         first, last = float(g["mean"].iloc[0]), float(g["mean"].iloc[-1])
         if not (np.isfinite(first) and np.isfinite(last)):
             continue
-        others.append(f"{metric} {_fmt(first)} → {_fmt(last)}")
-        if not finding.verdict and any(h in str(metric) for h in DIVERSITY_HINTS) and first > 0:
-            ratio = last / first
-            finding.verdict = (
-                "collapsed" if ratio < 0.5 else "shrinking" if ratio < 0.9 else "stable"
+        real = floors.get(str(metric), np.nan)
+        text = f"{metric} {_fmt(first)} → {_fmt(last)}"
+        others.append(text + (f" (real data {_fmt(real)})" if np.isfinite(real) else ""))
+        if not first > 0:
+            continue
+        ratio = last / first  # what the loop lost; a model class that never fit is no collapse
+        since = f"generation {int(g['generation'].iloc[0])}'s"
+        since += f" (real data {_fmt(real)})" if np.isfinite(real) else ""
+        if any(h in str(metric) for h in DIVERSITY_HINTS):
+            verdict = "collapsed" if ratio < 0.5 else "shrinking" if ratio < 0.9 else "stable"
+            decide(finding, verdict, str(metric), f"it ends at {_fmt(100 * ratio)}% of {since}")
+        elif metric == "perplexity":
+            verdict = (
+                "collapsed" if ratio > 2 else "degrading" if ratio > DEGRADED_ABOVE else "stable"
             )
-            finding.sentences.append(
-                f"Diversity ({metric}) ends at {_fmt(100 * ratio)}% of generation "
-                f"{int(g['generation'].iloc[0])}'s."
-            )
+            decide(finding, verdict, "perplexity", f"it ends at {_fmt(ratio)} times {since}")
     if others:
         T = finding.generations
         finding.sentences.append(f"Generation {first_gen} → {T}: " + "; ".join(others) + ".")

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from madloop.report.parts import Part, run_part, sweep_part
+from madloop.report.plots import check_format, save_figure
 from madloop.storage import RunDir, SweepDir, write_atomic
 from madloop.storage.layout import COMPARISON, MANIFEST, RESULTS, SUMMARY, SWEEP_JSON
 
@@ -114,9 +115,12 @@ def build_report(
     figures: str | os.PathLike | None = None,
     cutoff: float | None = None,
     notes: list[str] | None = None,
+    fmt: str = "png",
 ) -> Path:
     """Write the report of the run / sweep / folder at ``path`` to ``out`` (default
-    ``path/report.html``); with ``figures``, also write every figure there as a PNG."""
+    ``path/report.html``); with ``figures``, also write every figure there as ``fmt`` (png, the
+    bytes inlined in the page; svg or pdf, drawn again as vectors)."""
+    check_format(fmt)
     path = Path(path)
     if not path.exists():
         raise ReportError(f"{path}: no such directory")
@@ -129,6 +133,9 @@ def build_report(
         folder.mkdir(parents=True, exist_ok=True)
         for part in parts:
             for fig in part.figures:
+                if fmt != "png" and fig.figure is not None:
+                    save_figure(fig.figure, folder / f"{fig.name}.{fmt}")
+                    continue
                 data = base64.b64decode(fig.uri.split(",", 1)[1])
                 write_atomic(folder / f"{fig.name}.png", data, fsync=False)
     return out

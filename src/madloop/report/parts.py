@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from madloop.glossary import GLOSSARY
 from madloop.report import findings as fnd
 from madloop.report import phase
 from madloop.report.gallery import data_uri, galleries
-from madloop.report.plots import figure_png, plot_metric
+from madloop.report.plots import figure_png, metric_title, plot_metric
 from madloop.storage import RunDir, SweepDir
 from madloop.tables import summarize
 
@@ -118,6 +119,7 @@ class Figure:
     title: str
     uri: str
     caption: str = ""
+    figure: Any = field(default=None, repr=False, compare=False)  # to write as svg / pdf
 
 
 @dataclass
@@ -165,7 +167,7 @@ class Part:
 
 
 def _figure(name: str, title: str, fig: Any, caption: str) -> Figure:
-    return Figure(name, title, data_uri(figure_png(fig)), caption)
+    return Figure(name, title, data_uri(figure_png(fig)), caption, fig)
 
 
 # -- runs -----------------------------------------------------------------------------------------
@@ -176,7 +178,7 @@ def run_summary(path: str | Path) -> pd.DataFrame:
     if not run.summary.exists():
         return summarize(run.read_metrics())
     summary = run.read_summary()
-    for column in ("std_error", "median", "q05", "q95", "n", "theory"):
+    for column in ("std_error", "median", "q05", "q95", "n", "ci_low", "ci_high", "theory"):
         if column not in summary:  # an older or foreign summary: show what it has
             summary[column] = summary["mean"] if column == "median" else np.nan
     summary["theory"] = pd.to_numeric(summary["theory"], errors="coerce")
@@ -201,7 +203,13 @@ def run_part(path: Path, title: str | None = None, *, cutoff: float | None = Non
     for arm in found.arms:
         what = describe_arm(arms_cfg[arm.arm], biases.get(arm.arm)) if arm.arm in arms_cfg else ""
         part.arms.append(
-            {"arm": arm.arm, "verdict": arm.verdict, "what": what, "sentences": arm.sentences}
+            {
+                "arm": arm.arm,
+                "verdict": arm.verdict,
+                "decided_by": arm.decided_by,
+                "what": what,
+                "sentences": arm.sentences,
+            }
         )
     theory_summary(part, found)
     part.curves = _curves(part.id, summary)
@@ -224,12 +232,18 @@ def _curves(part_id: str, summary: pd.DataFrame) -> list[Figure]:
         fig = MplFigure(figsize=(6.4, 3.7))
         ax = fig.add_subplot()
         plot_metric(summary, metric, ax)
+        ax.set_title(metric_title(metric), fontsize=9)
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
         rows = summary.loc[summary["metric"] == metric, "theory"]
         has_theory = np.isfinite(pd.to_numeric(rows, errors="coerce")).any()
-        caption = "Mean over replicate chains (line) and 5-95% of chains (band)"
-        caption += "; theory dashed." if has_theory else "."
+        caption = (
+            "Mean over replicate chains (line), its 95% confidence interval (darker band) and "
+            "5-95% of chains (lighter band)"
+        )
+        caption += "; theory dashed" if has_theory else ""
+        floor = summary[(summary["metric"] == metric) & (summary["generation"] == 0)]
+        caption += "; real data (generation 0) dotted." if len(floor) else "."
         out.append(_figure(f"{part_id}-{metric}", str(metric), fig, caption))
     return out
 
@@ -237,9 +251,13 @@ def _curves(part_id: str, summary: pd.DataFrame) -> list[Figure]:
 def _last_table(summary: pd.DataFrame, cutoff: float) -> list[dict[str, str]]:
     zed = fnd.with_z(summary)
     last = zed[zed["generation"] == zed.groupby("arm")["generation"].transform("max")]
+    floor = zed[zed["generation"] == 0].set_index(["arm", "metric"])["mean"].to_dict()
     rows = []
     for row in last.itertuples():
         flagged = np.isfinite(row.z) and abs(row.z) > cutoff
+        real = floor.get((row.arm, row.metric), np.nan)
+        ci = (getattr(row, "ci_low", np.nan), getattr(row, "ci_high", np.nan))
+        known = GLOSSARY.get(str(row.metric))
         rows.append(
             {
                 "arm": str(row.arm),
@@ -248,6 +266,10 @@ def _last_table(summary: pd.DataFrame, cutoff: float) -> list[dict[str, str]]:
                 "mean": fmt(row.mean),
                 "std_error": fmt(row.std_error),
                 "band": f"{fmt(row.q05)} to {fmt(row.q95)}",
+                "ci": f"{fmt(ci[0])} to {fmt(ci[1])}" if np.isfinite(ci).all() else "",
+                "real": fmt(real) if np.isfinite(real) else "",
+                "better": known.better if known is not None else "",
+                "definition": known.definition if known is not None else "",
                 "theory": fmt(float(row.theory)) if np.isfinite(row.theory) else "",
                 "z": f"{row.z:+.1f}" if np.isfinite(row.z) else "",
                 "flag": "flag" if flagged else "",
@@ -377,7 +399,10 @@ def _phase_figures(
                 caption += " Dashed white contours: the theory, at the labelled levels."
         elif len(keys) == 1:
             fig = phase.plot_line(results, theory, metric, keys[0])
-            caption = "Mean over replicate chains and seeds, ± 1 standard error."
+            caption = (
+                "Mean over replicate chains and seeds, with the 95% confidence interval of the "
+                "mean (Student t); theory dashed."
+            )
         else:
             continue
         out.append(_figure(f"{part_id}-phase-{metric}", str(metric), fig, caption))

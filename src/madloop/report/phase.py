@@ -36,7 +36,7 @@ from matplotlib.colorbar import Colorbar
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 
-from madloop.report.plots import LABELS, LOG_SCALE, save_figure
+from madloop.report.plots import LABELS, LOG_SCALE, check_format, save_figure
 from madloop.storage import SweepDir
 from madloop.tables import summarize
 
@@ -254,7 +254,8 @@ def line_plot(
     generation: int | None = None,
 ) -> None:
     """``metric`` against swept key ``x``, one line per value of ``hue`` (a swept key or
-    ``"arm"``), mean +- one standard error; theory dashed in the same colour."""
+    ``"arm"``), the mean over seeds x chains with its 95% confidence interval (Student t);
+    theory dashed in the same colour."""
     keys = list(keys) if keys is not None else [x]
     hue_col = hue or "arm"
     sub = results if arm is None else results[results["arm"] == arm]
@@ -271,7 +272,7 @@ def line_plot(
         pos = xs if numeric else np.arange(len(xs))
         name = f"{level:g}" if isinstance(level, int | float | np.number) else str(level)
         ax.errorbar(
-            pos, t["mean"], yerr=t["std_error"], color=color, marker="o", ms=3, capsize=2,
+            pos, t["mean"], yerr=mean_error_bars(t), color=color, marker="o", ms=3, capsize=2,
             lw=1.4, label=f"{hue_col}={name}",
         )  # fmt: skip
         if th is not None:
@@ -289,6 +290,14 @@ def line_plot(
     ax.set_xlabel(x)
     ax.set_ylabel(LABELS.get(metric, metric))
     ax.grid(alpha=0.3)
+
+
+def mean_error_bars(t: pd.DataFrame) -> np.ndarray:
+    """(2, k) error bars from the mean to ``ci_low`` / ``ci_high`` (0 where there is none)."""
+    mean = t["mean"].to_numpy(float)
+    low = np.nan_to_num(mean - t["ci_low"].to_numpy(float), nan=0.0, posinf=0.0, neginf=0.0)
+    high = np.nan_to_num(t["ci_high"].to_numpy(float) - mean, nan=0.0, posinf=0.0, neginf=0.0)
+    return np.stack([np.maximum(low, 0.0), np.maximum(high, 0.0)])
 
 
 # -- figures --------------------------------------------------------------------------------------
@@ -331,8 +340,8 @@ def plot_line(
     key: str,
     generation: int | None = None,
 ) -> Figure:
-    """``metric`` against one swept key, a line per arm (mean +- one standard error), theory
-    dashed: the report's figure when one key is swept."""
+    """``metric`` against one swept key, a line per arm (mean with its 95% confidence interval),
+    theory dashed: the report's figure when one key is swept."""
     fig = Figure(figsize=(6.4, 4.0), dpi=100)
     ax = fig.add_subplot()
     line_plot(results, metric, key, ax=ax, keys=[key], theory=theory, generation=generation)
@@ -397,9 +406,11 @@ def plot_phase_diagrams(
     out: str | os.PathLike,
     *,
     generation: int | None = None,
+    fmt: str = "png",
 ) -> list[Path]:
     """Heatmaps over the first two swept keys and line plots over each, for every metric and
-    arm, into ``out``; returns the paths (none when nothing was swept)."""
+    arm, into ``out`` as ``fmt`` (png, svg, pdf); returns the paths (none when nothing was
+    swept)."""
     out = Path(out)
     keys = list(keys)
     if not keys or results.empty:
@@ -412,30 +423,35 @@ def plot_phase_diagrams(
             suffix = f"_{arm}" if len(arms) > 1 else ""
             if len(keys) >= 2:
                 fig = _heatmap_figure(results, theory, metric, keys, arm, generation)
-                paths.append(save_figure(fig, out / f"heatmap_{metric}{suffix}.png"))
+                paths.append(save_figure(fig, out / f"heatmap_{metric}{suffix}.{fmt}"))
             if len(keys) == 1 and arm != arms[0]:
                 continue  # one swept key: a single line plot with every arm as a line
             line_arm = arm if len(keys) > 1 else None
             for key in keys:
                 fig = _line_figure(results, theory, metric, keys, key, line_arm, generation)
-                name = f"line_{metric}_by_{key}{suffix if line_arm else ''}.png"
+                name = f"line_{metric}_by_{key}{suffix if line_arm else ''}.{fmt}"
                 paths.append(save_figure(fig, out / name))
     return paths
 
 
 def write_sweep_plots(
-    sweep_dir: str | os.PathLike, generation: int | None = None
+    sweep_dir: str | os.PathLike,
+    generation: int | None = None,
+    figures: str | os.PathLike | None = None,
+    fmt: str = "png",
 ) -> dict[str, float]:
     """Draw a sweep directory's ``plots/`` (:func:`plot_phase_diagrams`) from its
     results.parquet, theory.parquet and the grid in sweep.json; ``generation`` None: each task's
-    last. Returns ``{"plots": seconds}``, for the sweep's ``timings_s``."""
+    last; with ``figures``, the same figures as ``fmt`` into that folder too. Returns
+    ``{"plots": seconds}``, for the sweep's ``timings_s``."""
+    check_format(fmt)
     sweep = SweepDir(sweep_dir)
     t0 = time.perf_counter()
     if sweep.results.exists():
-        results = sweep.read_results()
-        plot_phase_diagrams(
-            results, sweep.read_theory(), list(sweep.grid()), sweep.plots, generation=generation
-        )
+        results, theory, keys = sweep.read_results(), sweep.read_theory(), list(sweep.grid())
+        plot_phase_diagrams(results, theory, keys, sweep.plots, generation=generation)
+        if figures is not None:
+            plot_phase_diagrams(results, theory, keys, figures, generation=generation, fmt=fmt)
     return {"plots": round(time.perf_counter() - t0, 4)}
 
 

@@ -1,4 +1,6 @@
-"""Per-metric figures: the mean over replicates with a 5-95% band, and the theory curve.
+"""Per-metric figures: the mean over replicate chains, the 95% confidence interval of that mean
+(darker band), the 5-95% spread of the chains themselves (lighter band), the theory curve
+(dashed) and the real-data floor (dotted: generation 0, a perfect model's value).
 
 Figures are built with :class:`matplotlib.figure.Figure` (no pyplot, so no global figure state)
 and written through :func:`madloop.storage.atomic_path`: a reader never sees half a PNG.
@@ -17,16 +19,14 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from madloop.glossary import GLOSSARY, METRICS
 from madloop.storage import RunDir, atomic_path
 
 LOG_SCALE = {"trace_ratio", "mean_error_sq", "kl_divergence", "wasserstein2"}
-LABELS = {
-    "mean_error_sq": r"$\|\mu_t-\mu_0\|^2$",
-    "trace_ratio": r"tr $\Sigma_t$ / tr $\Sigma_0$",
-    "log_det_change": r"log det $\Sigma_t$ - log det $\Sigma_0$",
-    "wasserstein2": r"$W_2$ to the real law",
-    "kl_divergence": r"KL(real $\|$ model)",
-}
+#: axis labels, from the glossary (one home for what a metric means)
+LABELS = {m.name: m.axis_label for m in METRICS}
+FIGURE_FORMATS = ("png", "svg", "pdf")
+CI_ALPHA, SPREAD_ALPHA = 0.35, 0.12  # the interval of the mean darker, the chains' spread lighter
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, **savefig: Any) -> Path:
@@ -44,26 +44,65 @@ def figure_png(fig: Figure, dpi: int = 100) -> bytes:
     return buf.getvalue()
 
 
-def plot_metric(summary: pd.DataFrame, metric: str, ax: Axes) -> None:
-    """One metric of a summary table on ``ax``: per arm the mean, the 5-95% band, theory dashed."""
+def plot_metric(summary: pd.DataFrame, metric: str, ax: Axes) -> Axes:
+    """One metric of a summary table on ``ax``: per arm the mean (line), the 95% interval of the
+    mean (``ci_low``..``ci_high``, darker band), the 5-95% of chains (``q05``..``q95``, lighter
+    band), theory dashed, and the real-data floor (generation 0) dotted; the legend names each
+    style once. Returns ``ax``."""
     rows = summary[summary["metric"] == metric]
+    styles: set[str] = set()
     for i, (arm, g) in enumerate(rows.groupby("arm", sort=False)):
         g = g.sort_values("generation")
+        floor = g[g["generation"] == 0]
+        g = g[g["generation"] > 0]
         color = f"C{i % 10}"
         x = g["generation"].to_numpy()
         ax.plot(x, g["mean"], color=color, label=f"{arm}", lw=1.6)
-        lo, hi = g["q05"].to_numpy(float), g["q95"].to_numpy(float)
-        ok = np.isfinite(lo) & np.isfinite(hi)
-        if ok.any():
-            ax.fill_between(x[ok], lo[ok], hi[ok], color=color, alpha=0.15, lw=0)
+        for lo_col, hi_col, alpha, style in (
+            ("q05", "q95", SPREAD_ALPHA, "spread"),
+            ("ci_low", "ci_high", CI_ALPHA, "ci"),
+        ):
+            if lo_col not in g:  # a summary written before the interval columns
+                continue
+            lo, hi = g[lo_col].to_numpy(float), g[hi_col].to_numpy(float)
+            ok = np.isfinite(lo) & np.isfinite(hi)
+            if ok.any():
+                ax.fill_between(x[ok], lo[ok], hi[ok], color=color, alpha=alpha, lw=0)
+                styles.add(style)
         if "theory" in g and np.isfinite(g["theory"].to_numpy(float)).any():
-            ax.plot(x, g["theory"], color=color, ls="--", lw=1.2, label=f"{arm} (theory)")
+            ax.plot(x, g["theory"], color=color, ls="--", lw=1.2)
+            styles.add("theory")
+        if len(floor) and np.isfinite(float(floor["mean"].iloc[0])):
+            ax.axhline(float(floor["mean"].iloc[0]), color=color, ls=":", lw=1.3)
+            styles.add("floor")
     positive = rows[["mean", "q05"]].to_numpy(float)
     if metric in LOG_SCALE and np.all(positive[np.isfinite(positive)] > 0):
         ax.set_yscale("log")
+    _style_legend(ax, styles)
     ax.set_xlabel("generation")
     ax.set_ylabel(LABELS.get(metric, metric))
     ax.grid(alpha=0.3)
+    return ax
+
+
+def _style_legend(ax: Axes, styles: set[str]) -> None:
+    """Grey legend entries saying what each band and line is (the arms have their colours):
+    empty artists, so they show in any ``ax.legend()`` and leave the axis limits alone."""
+    grey = "0.35"
+    if "ci" in styles:
+        ax.fill_between([], [], [], color=grey, alpha=CI_ALPHA, lw=0, label="95% CI of the mean")
+    if "spread" in styles:
+        ax.fill_between([], [], [], color=grey, alpha=SPREAD_ALPHA, lw=0, label="5-95% of chains")
+    if "theory" in styles:
+        ax.plot([], [], color=grey, ls="--", lw=1.2, label="theory")
+    if "floor" in styles:
+        ax.plot([], [], color=grey, ls=":", lw=1.3, label="real data (generation 0)")
+
+
+def metric_title(metric: str) -> str:
+    """A figure title: the metric and which way is better (from the glossary)."""
+    m = GLOSSARY.get(metric)
+    return f"{metric} ({m.better} is better)" if m is not None else metric
 
 
 def metric_figure(summary: pd.DataFrame, metric: str) -> Figure:
@@ -71,28 +110,42 @@ def metric_figure(summary: pd.DataFrame, metric: str) -> Figure:
     fig = Figure(figsize=(6.4, 4.0), dpi=110)
     ax = fig.add_subplot()
     plot_metric(summary, metric, ax)
-    ax.set_title(f"{metric}: mean, 5-95% band, theory dashed", fontsize=10)
+    ax.set_title(metric_title(metric), fontsize=10)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return fig
 
 
-def plot_metrics(summary: pd.DataFrame, out: str | os.PathLike) -> list[Path]:
-    """One PNG per metric under ``out``; returns the paths."""
+def plot_metrics(summary: pd.DataFrame, out: str | os.PathLike, fmt: str = "png") -> list[Path]:
+    """One figure per metric under ``out``, as ``fmt`` (png, svg or pdf); returns the paths."""
+    check_format(fmt)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     return [
-        save_figure(metric_figure(summary, metric), out / f"{metric}.png")
+        save_figure(metric_figure(summary, metric), out / f"{metric}.{fmt}")
         for metric in summary["metric"].unique()
     ]
 
 
-def write_run_plots(run_dir: str | os.PathLike) -> dict[str, float]:
-    """Draw a run directory's ``plots/{metric}.png`` from its ``summary.csv``.
+def check_format(fmt: str) -> None:
+    """A figure format matplotlib writes here, or ValueError naming the choices."""
+    if fmt not in FIGURE_FORMATS:
+        raise ValueError(f"--format: {fmt!r} is not one of {', '.join(FIGURE_FORMATS)}")
+
+
+def write_run_plots(
+    run_dir: str | os.PathLike, figures: str | os.PathLike | None = None, fmt: str = "png"
+) -> dict[str, float]:
+    """Draw a run directory's ``plots/{metric}.png`` from its ``summary.csv``, and with
+    ``figures`` the same figures as ``fmt`` into that folder (for a paper: svg or pdf).
 
     Returns ``{"plots": seconds}``, for the manifest's ``timings_s``.
     """
+    check_format(fmt)
     run = RunDir(run_dir)
     t0 = time.perf_counter()
-    plot_metrics(run.read_summary(), run.plots)
+    summary = run.read_summary()
+    plot_metrics(summary, run.plots)
+    if figures is not None:
+        plot_metrics(summary, figures, fmt)
     return {"plots": round(time.perf_counter() - t0, 4)}

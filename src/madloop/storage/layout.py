@@ -4,8 +4,10 @@ A **run directory** (``madloop run CONFIG --out DIR``)::
 
     DIR/metrics.parquet     arm, generation, replicate, metric, value (the long table)
     DIR/summary.csv         per arm, generation, metric: mean, std_error, median, q05, q95, n,
-                            theory (:func:`madloop.tables.summarize`), bias (λ and the
-                            family's own knob: ``λ = 0.5 (guidance w = 1)``)
+                            ci_low, ci_high (the 95% t interval of the mean), theory
+                            (:func:`madloop.tables.summarize`), bias (λ and the family's own
+                            knob: ``λ = 0.5 (guidance w = 1)``); generation 0 is the real-data
+                            floor of the sample-based metrics (:mod:`madloop.floor`)
     DIR/provenance.csv      every training set's make-up by source and origin generation
     DIR/manifest.json       config, arms, modes, versions, seed, timings (see MANIFEST_KEYS)
     DIR/plots/              metric figures; plots/samples/ the galleries
@@ -23,6 +25,8 @@ A **sweep directory** (``madloop sweep CONFIG --out DIR``)::
         manifest.json       written last: a task is finished once it is there
     DIR/results.parquet     swept keys + seed + the long table, every task, in grid order
     DIR/theory.parquet      swept keys + seed + the theory table
+    DIR/sweep_summary.csv   per swept keys, arm, generation, metric: the run summary's columns
+                            over every seed x chain of a cell (:func:`madloop.tables.sweep_summary`)
     DIR/plots/              phase diagrams
     DIR/.madloop.lock       held while a sweep runs here
 
@@ -62,6 +66,7 @@ SWEEP_JSON = "sweep.json"
 TASKS = "tasks"
 RESULTS = "results.parquet"
 THEORY = "theory.parquet"
+SWEEP_SUMMARY = "sweep_summary.csv"
 
 COMPARISON = "comparison.csv"
 CURVES = "curves.csv"
@@ -71,7 +76,8 @@ FIGURES = "figures"
 METRIC_COLUMNS = ["arm", "generation", "replicate", "metric", "value"]
 THEORY_COLUMNS = ["arm", "generation", "metric", "theory"]
 SUMMARY_COLUMNS = [
-    "arm", "generation", "metric", "mean", "std_error", "median", "q05", "q95", "n", "theory",
+    "arm", "generation", "metric", "mean", "std_error", "median", "q05", "q95", "n", "ci_low",
+    "ci_high", "theory",
 ]  # fmt: skip
 PROVENANCE_COLUMNS = [
     "arm", "generation", "source", "origin_generation", "count_mean", "count_min", "count_max",
@@ -80,7 +86,7 @@ PROVENANCE_COLUMNS = [
 #: the keys of a run's manifest.json (``failures`` and ``resumed_from`` when they apply)
 MANIFEST_KEYS = (
     "name", "seed", "config", "arms", "modes", "versions", "git_commit", "command", "started",
-    "timings_s", "failures", "resumed_from",
+    "timings_s", "glossary", "failures", "resumed_from",
 )  # fmt: skip
 #: the keys of a sweep's sweep.json
 SWEEP_KEYS = (
@@ -141,6 +147,7 @@ class SweepDir:
     tasks = property(lambda self: self.path / TASKS)
     results = property(lambda self: self.path / RESULTS)
     theory = property(lambda self: self.path / THEORY)
+    summary = property(lambda self: self.path / SWEEP_SUMMARY)
     plots = property(lambda self: self.path / PLOTS)
     lock = property(lambda self: self.path / LOCK)
 

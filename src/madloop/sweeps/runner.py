@@ -25,9 +25,10 @@ from madloop.experiment import run
 from madloop.storage import read_json, write_atomic, write_json, write_parquet
 from madloop.storage.environment import git_commit, versions
 from madloop.storage.files import StorageFull
-from madloop.storage.layout import CHECKPOINTS
+from madloop.storage.layout import CHECKPOINTS, SWEEP_SUMMARY
 from madloop.storage.lock import DirectoryLock, DirectoryLocked
 from madloop.sweeps.plan import METRIC_COLUMNS, THEORY_COLUMNS, SweepPlan, Task, plan
+from madloop.tables import sweep_summary
 
 
 # -- one task (runs in a worker) ------------------------------------------------------------------
@@ -149,14 +150,27 @@ class SweepResult:
     out: Path
     manifest: dict[str, Any]
 
-    def write_plots(self, generation: int | None = None) -> dict[str, float]:
+    @property
+    def summary(self) -> pd.DataFrame:
+        """Per (swept keys..., arm, generation, metric): mean, its 95% interval and the spread
+        over every seed x chain of a cell (``sweep_summary.csv``; :func:`~madloop.tables.
+        sweep_summary`)."""
+        return sweep_summary(self.results, self.theory, self.plan.keys)
+
+    def write_plots(
+        self,
+        generation: int | None = None,
+        figures: str | os.PathLike | None = None,
+        fmt: str = "png",
+    ) -> dict[str, float]:
         """Draw the phase diagrams under ``plots/`` (at ``generation``, default each task's last;
-        the CLI does this after a sweep, the sweep itself draws nothing)."""
+        the CLI does this after a sweep, the sweep itself draws nothing); with ``figures``, also
+        as ``fmt`` (png, svg, pdf) into that folder."""
         from madloop.report.phase import write_sweep_plots
 
         if self.results.empty:
             return {}
-        timings = write_sweep_plots(self.out, generation=generation)
+        timings = write_sweep_plots(self.out, generation=generation, figures=figures, fmt=fmt)
         self.manifest.setdefault("timings_s", {}).update(timings)
         doc = read_json(self.out / "sweep.json")
         doc.setdefault("timings_s", {}).update(timings)
@@ -244,7 +258,7 @@ def _sweep_locked(
     if not resume:
         for stale in ("tasks", "plots"):
             shutil.rmtree(out / stale, ignore_errors=True)
-        for stale in ("results.parquet", "theory.parquet", "sweep.json"):
+        for stale in ("results.parquet", "theory.parquet", "sweep.json", SWEEP_SUMMARY):
             (out / stale).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     status = {t.id: "reused" for t in plan_.tasks if finished(out, t)}
@@ -262,6 +276,9 @@ def _sweep_locked(
     results = gather(out, plan_.tasks, "metrics.parquet", METRIC_COLUMNS)
     theory = gather(out, plan_.tasks, "theory.parquet", THEORY_COLUMNS)
     write_parquet(results, out / "results.parquet")
+    write_atomic(
+        out / SWEEP_SUMMARY, sweep_summary(results, theory, plan_.keys).to_csv(index=False)
+    )
     if not theory.empty:
         write_parquet(theory, out / "theory.parquet")
     else:
