@@ -30,6 +30,7 @@ LAYERS = {
     "madloop.metrics": 2,
     "madloop.regimes": 2,
     "madloop.theory": 2,
+    "madloop.preprocess": 2,  # loop.preprocess steps and the masked fit (the loop calls them)
     "madloop.config.schema": 3,
     "madloop.config.arms": 3,
     "madloop.config.paths": 3,

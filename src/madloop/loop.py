@@ -150,6 +150,7 @@ class Loop:
         seed: int = 0,
         stream: int = 0,
         label: str = "base",
+        preprocess: Any = None,
     ) -> None:
         self.regime = regime
         self.model = model
@@ -163,6 +164,7 @@ class Loop:
         self.label = label
         self.kept: dict[str, Batch] = {}
         self.chains = Chains(replicates)
+        self.preprocess = preprocess  # loop.preprocess (madloop.preprocess.Preprocessor) or None
 
     @property
     def labels(self) -> list[str]:
@@ -192,6 +194,9 @@ class Loop:
             train = _subsample(train, comp.subsample, draw_rng)
         for name, parts in comp.keep.items():
             self.kept[name] = self._unite(parts, drawn, draw_rng, t)
+        removed: dict = {}
+        if self.preprocess is not None:  # clip, dedup, standardise, align: before the fit
+            train, removed = self.preprocess(train)
 
         raised: dict[int, str] = {}
         try:
@@ -199,10 +204,15 @@ class Loop:
                 self.model.fit_stats(train)
             else:
                 fit_rng = np.random.default_rng(child_seed(self.seed, self.stream, t, FIT))
-                self.model.fit_points(train, rng=fit_rng)
+                if self.preprocess is None:
+                    self.model.fit_points(train, rng=fit_rng)
+                else:
+                    self.preprocess.fit(self.model, train, rng=fit_rng)
         except FitFailed as err:
             raised = fit_failures(err, self.replicates)
-        if self.exact:
+        if self.preprocess is not None:
+            provenance, size = self.preprocess.provenance(train, removed)
+        elif self.exact:
             provenance, size = train.provenance, train.count
         else:
             provenance = train.provenance_counts()
@@ -212,10 +222,18 @@ class Loop:
 
         def measure() -> dict[str, np.ndarray]:
             metric_rng = np.random.default_rng(child_seed(self.seed, self.stream, t, METRIC))
-            return evaluate(self.model, self.real, rng=metric_rng, generation=t, bias=self.bias)
+            out = evaluate(self.model, self.real, rng=metric_rng, generation=t, bias=self.bias)
+            if self.preprocess is not None:
+                out |= self.preprocess.metrics(train, removed)
+            return out
 
         metrics = self.chains.measure(measure)
-        return [GenerationRecord(t, metrics, provenance, np.asarray(size), failures, self.label)]
+        columns = () if self.preprocess is None else ("removed_by",)
+        return [
+            GenerationRecord(
+                t, metrics, provenance, np.asarray(size), failures, self.label, columns
+            )
+        ]
 
     # -- resuming -------------------------------------------------------------------------------
     def get_state(self) -> dict[str, np.ndarray]:

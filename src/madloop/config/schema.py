@@ -17,6 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SerializeAsAn
 
 from madloop.config.errors import ConfigError, format_errors, suggest
 from madloop.config.merge import nest_dotted
+from madloop.config.preprocess import exact_steps, preprocess_problems
 from madloop.config.sections import (
     NATIVE_KEYS,
     DataConfig,
@@ -154,6 +155,8 @@ def validate(raw: Mapping[str, Any], *, arm: str | None = None) -> ExperimentCon
             problems.append(f"sampling.bias: {why}")
     if loop is not None:
         problems.extend(loop_problems(loop, model))
+        engine = getattr(REGIMES.get(loop.regime), "engine", "loop")
+        problems.extend(preprocess_problems(loop.preprocess, model, data, engine))
     if problems:
         raise ConfigError([where + p.lstrip(".") for p in problems])
     assert top_checked is not None
@@ -277,5 +280,8 @@ def loop_problems(loop: LoopConfig, model: ModelConfig | None) -> list[str]:
 
 def make_regime(loop: LoopConfig) -> Regime:
     cls = REGIMES[loop.regime]
-    params = loop.model_dump(exclude={"regime"})
-    return cls(**params)
+    params = loop.model_dump(exclude={"regime", "preprocess"})
+    regime = cls(**params)
+    if not exact_steps(loop.preprocess):  # a step that looks at each point: no exact law
+        regime.exact = False
+    return regime

@@ -12,6 +12,8 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from madloop.config.preprocess import PreprocessStep
+
 
 class Section(BaseModel):
     """A config table: unknown keys are errors (the message names the nearest valid key)."""
@@ -126,6 +128,9 @@ class ModelConfig(Section):
     bias_knob: ClassVar[BiasKnob] = VARIANCE_SCALE
     #: the fewest training points a fit accepts (validated for every generation of the loop)
     min_train_size: ClassVar[int] = 1
+    #: whether its R chains can fit training sets of different sizes (``loop.preprocess`` steps
+    #: that remove points): per-replicate fits and the Gaussian's masked statistics can
+    variable_train_size: ClassVar[bool] = True
 
     def requested_mode(self) -> str:
         """``"exact"`` or ``"sample"``. A family with an exact (sufficient-statistics) mode
@@ -188,6 +193,8 @@ class LoopConfig(Section):
     real_size: SizeField = 0
     synthetic_size: SizeField = 100
     initial_real_size: int | None = Field(None, ge=1)
+    #: steps applied to every generation's training set before the fit (madloop.preprocess)
+    preprocess: tuple[PreprocessStep, ...] = ()
 
 
 def flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

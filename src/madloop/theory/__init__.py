@@ -3,6 +3,7 @@
 - :mod:`madloop.theory.gaussian`: the Gaussian loops (moment recursion for every batch-union
   regime, the log-det drift);
 - :mod:`madloop.theory.discrete`: Wright–Fisher (categorical) loops;
+- :mod:`madloop.theory.preprocess`: ``loop.preprocess`` (a clip keeps a truncated Gaussian);
 - :mod:`madloop.theory.pool`: the web pool's moment recursion and critical fractions.
 
 A **predictor** says which arms it applies to and returns their expected metrics, as metric
@@ -14,7 +15,7 @@ its regime.
 """
 
 # the built-in predictors register themselves on import
-from madloop.theory import discrete, gaussian  # noqa: E402  (after the registry)
+from madloop.theory import discrete, gaussian, preprocess  # noqa: E402  (after the registry)
 from madloop.theory.registry import (
     PREDICTORS,
     THEORY_COLUMNS,
@@ -32,5 +33,6 @@ __all__ = [
     "discrete",
     "gaussian",
     "predictions_frame",
+    "preprocess",
     "register_predictor",
 ]

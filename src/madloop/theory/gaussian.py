@@ -230,9 +230,11 @@ def predictions(
 
 # -- the predictor ---------------------------------------------------------------------------------
 def _applies(config: Any, regime: Regime) -> bool:
-    """Gaussian data fitted by the Gaussian family, in a single-chain regime."""
+    """Gaussian data fitted by the Gaussian family, in a single-chain regime, unprocessed
+    (``loop.preprocess`` has its own predictor, :mod:`madloop.theory.preprocess`)."""
     return (
-        config.data.source == "gaussian"
+        not getattr(config.loop, "preprocess", ())
+        and config.data.source == "gaussian"
         and config.model.family == "gaussian"
         and getattr(regime, "engine", "loop") == "loop"
     )
