@@ -31,7 +31,7 @@ import numpy as np
 
 from madloop.config.preprocess import PreprocessStep
 from madloop.models.base import FitFailed
-from madloop.types import REAL, SOURCE_NAMES, SYNTHETIC, Points, Stats
+from madloop.types import REAL, SYNTHETIC, Points, Stats
 
 #: the provenance column that says which step removed a row (0: kept, i: loop.preprocess[i-1])
 REMOVED_BY = "removed_by"
@@ -279,21 +279,12 @@ class Preprocessor:
         return kept_provenance(train, removed), kept_sizes(train)
 
     def metrics(self, train: Any, removed: dict[tuple[int, int], np.ndarray]) -> dict:
-        """``removed_share`` (all sources) and ``removed_share_<source>``: the share of the
-        composed training set the steps removed (NaN where a source is absent)."""
-        if not isinstance(train, Masked):
-            zero = np.zeros(train.count.shape[0]) if isinstance(train, Stats) else None
-            return {"removed_share": zero} if zero is not None else {}
-        source = train.points.source
-        out = {}
-        lost_all = sum((v for v in removed.values()), np.zeros(train.replicates))
-        out["removed_share"] = lost_all / source.shape[1]
-        for code, name in SOURCE_NAMES.items():
-            total = (source == code).sum(axis=1)
-            lost = sum((v for (_, c), v in removed.items() if c == code), np.zeros(len(total)))
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out[f"removed_share_{name}"] = np.where(total > 0, lost / total, np.nan)
-        return out
+        """``removed_share``: the share of the composed training set the steps removed (by
+        step and source: provenance.csv's ``removed_by`` rows). Exact mode removes nothing."""
+        if isinstance(train, Stats):
+            return {"removed_share": np.zeros(train.count.shape[0])}
+        lost = sum(removed.values(), np.zeros(train.replicates))
+        return {"removed_share": lost / train.points.source.shape[1]}
 
 
 def fit_masked(model: Any, train: Any, *, rng: np.random.Generator, failed: dict) -> None:
