@@ -407,3 +407,13 @@ def test_resume_with_steps_is_bit_identical(tmp_path):
     pa = straight.provenance.sort_values(list(straight.provenance.columns)).reset_index(drop=True)
     pb = resumed.provenance.sort_values(list(resumed.provenance.columns)).reset_index(drop=True)
     pd.testing.assert_frame_equal(pa, pb, check_exact=True)
+
+
+def test_the_cli_says_why_a_processed_arm_runs_in_sample_mode(capsys):
+    from madloop.cli import note_exact_fallback
+
+    cfg = config([{"step": "clip", "radius": 2.0}], mode="exact")
+    note_exact_fallback(resolve_arms(validate(cfg)))
+    err = capsys.readouterr().err
+    assert "loop.preprocess has a step that looks at each point" in err
+    assert "runs in sample mode" in err

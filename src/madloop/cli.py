@@ -42,9 +42,15 @@ def note_exact_fallback(arms: list) -> None:
     for arm in arms:
         c = arm.config
         if exact_requested(c.model) and not exact_mode(c.model, make_regime(c.loop)):
+            why = (
+                "loop.preprocess has a step that looks at each point (clip, dedup, align)"
+                if c.loop.preprocess
+                and exact_mode(c.model, make_regime(c.loop.model_copy(update={"preprocess": ()})))
+                else f"regime '{c.loop.regime}' has no exact simulation (a subsample is not a "
+                "function of sufficient statistics)"
+            )
             err.print(
-                f"note: arm {escape(arm.name)}: regime '{c.loop.regime}' has no exact simulation "
-                "(a subsample is not a function of sufficient statistics); it runs in sample mode",
+                f"note: arm {escape(arm.name)}: {why}; it runs in sample mode",
                 highlight=False,
                 soft_wrap=True,
             )
