@@ -417,3 +417,37 @@ def test_the_cli_says_why_a_processed_arm_runs_in_sample_mode(capsys):
     err = capsys.readouterr().err
     assert "loop.preprocess has a step that looks at each point" in err
     assert "runs in sample mode" in err
+
+
+def test_align_centres_each_image_on_its_mass():
+    from madloop.preprocess import centred_images
+
+    X = np.zeros((2, 3, 9, 9))
+    X[0, 0, 1:3, 1:3] = 1.0  # a blob in the top-left corner
+    X[0, 1, 5:8, 2:4] = 0.5
+    X[1, 2, 4, 4] = 1.0  # already centred
+    rows = np.ones((2, 3), dtype=bool)
+    out = centred_images(X, rows)
+    for r, i in [(0, 0), (0, 1), (1, 2)]:
+        img = out[r, i]
+        assert img.sum() == pytest.approx(X[r, i].sum())  # nothing shifted out
+        cy = (img.sum(axis=1) @ np.arange(9)) / img.sum()
+        cx = (img.sum(axis=0) @ np.arange(9)) / img.sum()
+        assert abs(cy - 4) <= 0.5 and abs(cx - 4) <= 0.5
+    np.testing.assert_array_equal(out[1, 2], X[1, 2])
+    np.testing.assert_array_equal(out[0, 2], 0.0)  # an empty image stays empty
+    rows[0, 0] = False  # a row the step does not apply to is left alone
+    np.testing.assert_array_equal(centred_images(X, rows)[0, 0], X[0, 0])
+
+
+def test_image_data_takes_align_and_dedup_but_not_a_mahalanobis_clip():
+    cfg = {
+        "data": {"source": "digits"},
+        "model": {"family": "vae"},
+        "loop": {"regime": "fully-synthetic", "synthetic_size": 50},
+    }
+    cfg["loop"]["preprocess"] = [{"step": "align"}, {"step": "dedup", "tolerance": 0.1}]
+    assert len(validate(cfg).loop.preprocess) == 2
+    cfg["loop"]["preprocess"] = [{"step": "clip", "keep": 0.9}]
+    with pytest.raises(ConfigError, match=r"score-based clip of images is not implemented"):
+        validate(cfg)

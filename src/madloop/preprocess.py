@@ -171,6 +171,27 @@ def aligned(X: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return np.where(rows[..., None], mapped, X)
 
 
+def centred_images(X: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """X (R, m, H, W) with the ``rows`` shifted by whole pixels so that each image's mass (its
+    non-negative intensity) has its centre at the image's centre; pixels shifted in are 0."""
+    R, m, H, W = X.shape
+    flat = X.reshape(R * m, H, W)
+    mass = np.clip(flat, 0.0, None)
+    total = mass.sum(axis=(1, 2))
+    safe = np.where(total > 0, total, 1.0)
+    cy = (mass.sum(axis=2) @ np.arange(H)) / safe
+    cx = (mass.sum(axis=1) @ np.arange(W)) / safe
+    dy = np.where(total > 0, np.rint((H - 1) / 2 - cy), 0).astype(int)
+    dx = np.where(total > 0, np.rint((W - 1) / 2 - cx), 0).astype(int)
+    dy, dx = np.where(rows.ravel(), dy, 0), np.where(rows.ravel(), dx, 0)
+    yy = np.arange(H)[None, :, None] - dy[:, None, None]
+    xx = np.arange(W)[None, None, :] - dx[:, None, None]
+    inside = (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
+    n = np.arange(R * m)[:, None, None]
+    out = np.where(inside, flat[n, np.clip(yy, 0, H - 1), np.clip(xx, 0, W - 1)], 0.0)
+    return out.astype(X.dtype).reshape(X.shape)
+
+
 # -- the chain -------------------------------------------------------------------------------------
 class Preprocessor:
     """The ``loop.preprocess`` steps of one arm, applied to each generation's training set.
@@ -221,8 +242,8 @@ class Preprocessor:
                 X, bad = standardised(X, rows, *self._scale)
                 flat |= bad
                 new = keep
-            else:
-                X = aligned(X, rows)
+            else:  # align: vectors onto their principal axes, images centred on their mass
+                X = aligned(X, rows) if X.ndim == 3 else centred_images(X, rows)
                 new = keep
             if s.removes:
                 for code in present:

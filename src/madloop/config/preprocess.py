@@ -35,7 +35,8 @@ class PreprocessStep(BaseModel):
     their own sample covariance, or keep the ``keep`` share closest to it. ``dedup``: drop a point
     within ``tolerance`` (Euclidean) of an earlier kept one (0: exact duplicates). ``standardise``:
     map each coordinate to the real law's mean and standard deviation. ``align``: rotate about the
-    own mean to the own principal axes (vectors). ``applies_to`` names the rows it looks at.
+    own mean to the own principal axes (vectors), or shift each image by whole pixels so its mass
+    is centred (images). ``applies_to`` names the rows it looks at.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)  # as every Section (sections.py)
@@ -146,7 +147,7 @@ def preprocess_problems(
                 f"{where}.tolerance: token sequences are deduplicated exactly; it must be 0 "
                 f"for data.source '{data.source}', got {s.tolerance}"
             )
-        if s.step in ("standardise", "align") and kind != "vectors":
+        if s.step == "align" and kind == "tokens" or s.step == "standardise" and kind != "vectors":
             problems.append(
                 f"{where}.step: '{s.step}' maps vectors; data.source '{data.source}' gives "
                 f"{kind} (not implemented for {kind} yet)"
