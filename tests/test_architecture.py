@@ -34,6 +34,7 @@ LAYERS = {
     "madloop.curation": 2,  # rewards and selection, shared by the loop and the web pool
     "madloop.correction": 2,  # self-correction towards the real law, by data source
     "madloop.synthetic": 2,  # a synthetic batch curated / corrected (the loop's one hook)
+    "madloop.preprocess": 2,  # loop.preprocess steps and the masked fit (the loop calls them)
     "madloop.config.schema": 3,
     "madloop.config.arms": 3,
     "madloop.config.paths": 3,

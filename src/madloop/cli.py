@@ -43,11 +43,12 @@ def note_exact_fallback(arms: list) -> None:
         c = arm.config
         regime = make_regime(c.loop)
         if exact_requested(c.model) and not exact_mode(c.model, regime):
-            why = getattr(regime, "sample_reason", "a subsample is not a function of sufficient "
-                          "statistics")  # fmt: skip
+            why = getattr(regime, "sample_reason", None) or (
+                f"regime '{c.loop.regime}' has no exact simulation (a subsample is not a "
+                "function of sufficient statistics)"
+            )
             err.print(
-                f"note: arm {escape(arm.name)}: regime '{c.loop.regime}' has no exact simulation "
-                f"({why}); it runs in sample mode",
+                f"note: arm {escape(arm.name)}: {why}; it runs in sample mode",
                 highlight=False,
                 soft_wrap=True,
             )

@@ -18,6 +18,7 @@ from madloop.config import Arm, ConfigError, ExperimentConfig, make_regime
 from madloop.data import build_source
 from madloop.loop import Engine, Loop
 from madloop.models.base import build_model
+from madloop.preprocess import Preprocessor
 from madloop.regimes import load_regimes
 from madloop.registry import Registry
 from madloop.synthetic import build_synthetic
@@ -53,7 +54,17 @@ def build_loop(arm: Arm) -> Loop:
         label=arm.name,
         real_weight=getattr(cfg.loop, "real_weight", None),
         synthetic=synthetic,
+        preprocess=build_preprocess(cfg, real),
     )
+
+
+def build_preprocess(cfg: ExperimentConfig, real: Any) -> Preprocessor | None:
+    """The arm's ``loop.preprocess`` steps (None when it has none: the loop is unchanged)."""
+    steps = cfg.loop.preprocess
+    if not steps:
+        return None
+    size = cfg.model.min_train_size
+    return Preprocessor(steps, real, min_train_size=size, family=cfg.model.family)
 
 
 #: regime.engine -> what builds an arm's engine

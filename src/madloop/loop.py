@@ -158,6 +158,7 @@ class Loop:
         label: str = "base",
         real_weight: float | None = None,
         synthetic: Any = None,
+        preprocess: Any = None,
     ) -> None:
         self.regime = regime
         self.real_weight = real_weight
@@ -173,6 +174,7 @@ class Loop:
         self.label = label
         self.kept: dict[str, Batch] = {}
         self.chains = Chains(replicates)
+        self.preprocess = preprocess  # loop.preprocess (madloop.preprocess.Preprocessor) or None
 
     @property
     def labels(self) -> list[str]:
@@ -203,6 +205,9 @@ class Loop:
             train = _subsample(train, comp.subsample, draw_rng)
         for name, parts in comp.keep.items():
             self.kept[name] = self._unite(parts, drawn, draw_rng, t)
+        removed: dict = {}
+        if self.preprocess is not None:  # clip, dedup, standardise, align: before the fit
+            train, removed = self.preprocess(train)
 
         raised: dict[int, str] = {}
         try:
@@ -210,10 +215,15 @@ class Loop:
                 self.model.fit_stats(train)
             else:
                 fit_rng = np.random.default_rng(child_seed(self.seed, self.stream, t, FIT))
-                self.model.fit_points(train, rng=fit_rng)
+                if self.preprocess is None:
+                    self.model.fit_points(train, rng=fit_rng)
+                else:
+                    self.preprocess.fit(self.model, train, rng=fit_rng)
         except FitFailed as err:
             raised = fit_failures(err, self.replicates)
-        if self.exact:
+        if self.preprocess is not None:
+            provenance, size = self.preprocess.provenance(train, removed)
+        elif self.exact:
             provenance, size = train.provenance, train.count
         else:
             provenance = train.provenance_counts()
@@ -227,10 +237,17 @@ class Loop:
             if self.synthetic is not None:  # e.g. mean_reward, from a stream of its own
                 rng = np.random.default_rng(child_seed(self.seed, self.stream, t, SYNTHETIC_METRIC))
                 out |= self.synthetic.metrics(self.model, self.real, bias=self.bias, rng=rng)
+            if self.preprocess is not None:
+                out |= self.preprocess.metrics(train, removed)
             return out
 
         metrics = self.chains.measure(measure)
-        return [GenerationRecord(t, metrics, provenance, np.asarray(size), failures, self.label)]
+        columns = () if self.preprocess is None else ("removed_by",)
+        return [
+            GenerationRecord(
+                t, metrics, provenance, np.asarray(size), failures, self.label, columns
+            )
+        ]
 
     # -- resuming -------------------------------------------------------------------------------
     def get_state(self) -> dict[str, np.ndarray]:

@@ -17,6 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SerializeAsAn
 
 from madloop.config.errors import ConfigError, format_errors, suggest
 from madloop.config.merge import nest_dotted
+from madloop.config.preprocess import exact_steps, preprocess_problems
 from madloop.config.sections import (
     NATIVE_KEYS,
     DataConfig,
@@ -174,6 +175,7 @@ def validate(raw: Mapping[str, Any], *, arm: str | None = None) -> ExperimentCon
             )
         if data is not None:
             problems.extend(synthetic_problems(loop, data))
+        problems.extend(preprocess_problems(loop.preprocess, model, data, engine))
     own = getattr(data, "config_problems", None)  # a source's checks on [model] and [loop]
     if own is not None and model is not None and loop is not None and not problems:
         problems.extend(own(model, loop, make_regime(loop)))
@@ -339,6 +341,11 @@ def real_weight_problems(loop: LoopConfig, model: ModelConfig | None) -> list[st
             f"loop.real_weight: family '{model.family}' cannot fit weighted data; remove the key "
             "or use family 'gaussian'"
         ]
+    if getattr(loop, "preprocess", ()):
+        return [
+            "loop.real_weight: cannot be combined with loop.preprocess yet (a processed training "
+            "set is fitted unweighted); remove one of them"
+        ]
     if min(sizes(loop.real_size)) < 1 or min(sizes(loop.synthetic_size)) < 1:
         return [
             "loop.real_weight: needs real and synthetic rows every generation (loop.real_size "
@@ -389,8 +396,9 @@ def synthetic_problems(loop: LoopConfig, data: DataConfig) -> list[str]:
 def make_regime(loop: LoopConfig) -> Regime:
     cls = REGIMES[loop.regime]
     single_chain = getattr(cls, "engine", "loop") == "loop"
-    # the weight is the loop's, not the recipe's (Loop and the theory read loop.real_weight)
-    exclude = {"regime", "real_weight"}
+    # the weight is the loop's, not the recipe's (Loop and the theory read loop.real_weight);
+    # preprocessing steps are the loop's too (madloop.preprocess)
+    exclude = {"regime", "real_weight", "preprocess"}
     if single_chain:
         exclude |= {"curation", "correction"}
     regime = cls(**loop.model_dump(exclude=exclude))
@@ -399,4 +407,9 @@ def make_regime(loop: LoopConfig) -> Regime:
         # sufficient statistics, so such an arm runs in sample mode (exact_mode says so)
         regime.exact = False
         regime.sample_reason = "curation / correction act on points"
+    if not exact_steps(loop.preprocess):  # a step that looks at each point: no exact law
+        regime.exact = False
+        regime.sample_reason = (
+            "loop.preprocess has a step that looks at each point (clip, dedup, align)"
+        )
     return regime

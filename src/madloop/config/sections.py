@@ -19,6 +19,8 @@ from pydantic import (
     model_serializer,
 )
 
+from madloop.config.preprocess import PreprocessStep
+
 
 class Section(BaseModel):
     """A config table: unknown keys are errors (the message names the nearest valid key)."""
@@ -138,6 +140,9 @@ class ModelConfig(Section):
     #: whether the family fits weighted training sets (``Points.weight``, weighted ``Stats``),
     #: which ``loop.real_weight`` needs
     accepts_weights: ClassVar[bool] = False
+    #: whether its R chains can fit training sets of different sizes (``loop.preprocess`` steps
+    #: that remove points): per-replicate fits and the Gaussian's masked statistics can
+    variable_train_size: ClassVar[bool] = True
 
     def requested_mode(self) -> str:
         """``"exact"`` or ``"sample"``. A family with an exact (sufficient-statistics) mode
@@ -253,6 +258,8 @@ class LoopConfig(Section):
         return v
     curation: CurationSection | None = None  # reward-curated synthetic draws
     correction: CorrectionSection | None = None  # self-corrected synthetic draws
+    #: steps applied to every generation's training set before the fit (madloop.preprocess)
+    preprocess: tuple[PreprocessStep, ...] = ()
 
 
 def flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

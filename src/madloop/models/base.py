@@ -97,15 +97,20 @@ class PerReplicate:
     def __init__(self, make_model: Callable[[], Any], replicates: int) -> None:
         self.models = [make_model() for _ in range(replicates)]
 
-    def fit_points(self, points: Points, *, rng: np.random.Generator) -> Self:
+    def fit_points(
+        self, points: Points, *, rng: np.random.Generator, keep: np.ndarray | None = None
+    ) -> Self:
+        """Fit each chain on its replicate's rows; ``keep`` (R, m) narrows them per replicate
+        (``loop.preprocess`` leaves chains with different numbers of points)."""
         X = points.global_X()
         failed: dict[int, str] = {}
         for r, (model, child) in enumerate(
             zip(self.models, rng.spawn(len(self.models)), strict=True)
         ):
             y = None if points.y is None else points.y[r]
+            rows = slice(None) if keep is None else keep[r]
             try:
-                model.fit(X[r], y, rng=child)
+                model.fit(X[r][rows], None if y is None else y[rows], rng=child)
             except FitFailed as err:  # one chain diverged: fit the others, then report it
                 failed[r] = err.reason
         if failed:

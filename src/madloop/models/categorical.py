@@ -40,6 +40,7 @@ class CategoricalConfig(ModelConfig):
     sampling_top_k: ClassVar[bool] = True
     mode: Literal["exact", "sample"] = "exact"  # exact: counts only (same law, O(R V) a step)
     alpha: float = Field(0.0, ge=0.0, le=1e6)  # add-α smoothing; 0 = MLE (Wright–Fisher)
+    variable_train_size: ClassVar[bool] = False  # R chains fit one (R, m) batch
 
     def data_problem(self, data: DataConfig) -> str | None:
         if data.source != "categorical":

@@ -5,6 +5,7 @@
 - :mod:`madloop.theory.curation`: reward-curated Gaussian loops (Luce choice among K);
 - :mod:`madloop.theory.discrete`: Wright–Fisher (categorical) loops;
 - :mod:`madloop.theory.regression`: the linear-regression loop (fixed / fresh design, ridge);
+- :mod:`madloop.theory.preprocess`: ``loop.preprocess`` (a clip keeps a truncated Gaussian);
 - :mod:`madloop.theory.pool`: the web pool's moment recursion and critical fractions.
 
 A **predictor** says which arms it applies to and returns their expected metrics, as metric
@@ -16,7 +17,7 @@ its regime.
 """
 
 # the built-in predictors register themselves on import
-from madloop.theory import curation, discrete, gaussian, regression  # noqa: E402  (after the registry)
+from madloop.theory import curation, discrete, gaussian, preprocess, regression  # noqa: E402, I001
 from madloop.theory.registry import (
     PREDICTORS,
     THEORY_COLUMNS,
@@ -36,5 +37,6 @@ __all__ = [
     "gaussian",
     "predictions_frame",
     "regression",
+    "preprocess",
     "register_predictor",
 ]

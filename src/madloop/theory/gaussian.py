@@ -389,11 +389,13 @@ def real_weight_note(config: Any) -> str | None:
 def _applies(config: Any, regime: Regime | None) -> bool:
     """Gaussian data fitted by the Gaussian family, in a single-chain regime whose synthetic
     draws are plain samples (curation among K > 1 and correction with γ > 0 change their law:
-    see :mod:`madloop.theory.curation`)."""
+    see :mod:`madloop.theory.curation`), unprocessed (``loop.preprocess`` has its own
+    predictor, :mod:`madloop.theory.preprocess`)."""
     curation = getattr(config.loop, "curation", None)
     correction = getattr(config.loop, "correction", None)
     return (
-        config.data.source == "gaussian"
+        not getattr(config.loop, "preprocess", ())
+        and config.data.source == "gaussian"
         and config.model.family == "gaussian"
         and getattr(regime, "engine", "loop") == "loop"
         and (curation is None or curation.choices == 1)
