@@ -341,7 +341,8 @@ def test_valid_mutants_run_tiny(example: str) -> None:
         except Exception:  # noqa: BLE001
             failures.append(f"seed {seed}: config: {cfg!r}\n{traceback.format_exc(limit=-4)}")
             continue
-        if res.metrics.empty or set(res.metrics.generation) != {1, 2}:
+        # generation 0 is the real-data floor of the sample-based metrics, where they apply
+        if res.metrics.empty or set(res.metrics.generation) - {0} != {1, 2}:
             failures.append(f"seed {seed}: config: {cfg!r}\nno metrics for generations 1, 2")
     assert not failures, report(failures)
 
