@@ -1,5 +1,5 @@
-"""Numerical edge cases and diverging training have defined behaviour (README "Reliability and
-edge cases"): singular fits report log det = -inf with W2 finite, λ -> 0 gives no NaN, bad
+"""Numerical edge cases and diverging training have defined behaviour (docs/reliability.md, "Edge
+cases"): singular fits report log det = -inf with W2 finite, λ -> 0 gives no NaN, bad
 covariances and one-sample Gaussian sources are config errors, and a chain whose fit diverges
 stops with its reason while the other chains (bit for bit) and arms go on.
 
