@@ -22,6 +22,7 @@ from madloop.reproduce import (
     run_study,
     study_names,
 )
+from madloop.reproduce.measures import StudyData
 from madloop.reproduce.runner import COMPARISON_COLUMNS, compare, study_data
 from madloop.reproduce.spec import check_names, studies_folder
 
@@ -31,7 +32,8 @@ FAST = ["mad-gaussian", "shumailov-gaussian"]  # a few seconds each in quick mod
 
 def test_the_studies_are_there():
     assert {"mad-gaussian", "mad-fresh-data", "shumailov-gaussian", "kazdan-replace-accumulate",
-            "bertrand-stability"} <= set(STUDIES)  # fmt: skip
+            "bertrand-stability", "gerstgrasser-regression", "suresh-survival",
+            "seddik-homozygosity", "he-golden-ratio", "dohmatob-tails"} <= set(STUDIES)  # fmt: skip
 
 
 @pytest.mark.parametrize("name", STUDIES)
@@ -216,3 +218,53 @@ def test_a_row_its_run_cannot_answer_is_a_config_error(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "load_study", lambda name: type(study).model_validate(raw))
     with pytest.raises(ConfigError, match="study mad-gaussian: measure tail_mass needs one-dim"):
         reproduce(["mad-gaussian"], tmp_path, quick=True)
+
+
+def closed_forms_of(name: str) -> StudyData:
+    """A study's arms without a run: what the formulas read (the configs), no metrics."""
+    _, arms = parse(load_study(name).experiment(quick=True))
+    metrics = pd.DataFrame(columns=["arm", "metric", "generation", "replicate", "value"])
+    summary = pd.DataFrame(columns=["arm", "metric", "generation", "theory"])
+    return StudyData({a.name: a.config for a in arms}, metrics, summary)
+
+
+def test_the_new_closed_forms_by_hand():
+    f = {name: FORMULAS[name].evaluate for name in FORMULAS}
+    reg = closed_forms_of("gerstgrasser-regression")  # d = 10, T = 40, σ² = 1
+    assert f["replace_excess_risk"](reg, "replace", 3, {}) == pytest.approx(3 * 10 / 29)
+    bound = f["accumulate_excess_risk_bound"](reg, "accumulate", 7, {})
+    assert bound == pytest.approx(np.pi**2 / 6 * 10 / 29)
+    golden = closed_forms_of("he-golden-ratio")  # n_r = n_s = 10, λ = 1
+    assert f["optimal_real_weight"](golden, "w=0.618", 1, {}) == pytest.approx(0.6180339887)
+    e = f["stationary_weighted_mean_error"](golden, "w=0.3", 1, {})
+    assert e == pytest.approx((0.49 / 10 + 0.09 / 10) / 0.51)
+    tails = closed_forms_of("dohmatob-tails")  # Zipf(1) over 100 symbols, n = 1000, k = 5
+    p = np.arange(1, 101) ** -1.0
+    p /= p.sum()
+    P5 = p[:5].sum()
+    assert f["top_k_floor"](tails, "top-5", 2, {}) == pytest.approx(1 - P5)
+    memoriser = p[:5] @ (1 - p[:5] / P5) ** 1000 + 1 - P5
+    assert f["top_k_missing_mass"](tails, "top-5", 2, {}) == pytest.approx(memoriser)
+    law = np.array([0.4, 0.2, 0.15, 0.1, 0.06, 0.04, 0.02, 0.015, 0.01, 0.005])
+    seddik = closed_forms_of("seddik-homozygosity")  # n = 50
+    S = f["homozygosity_recursion"](seddik, "base", 7, {})
+    assert S == pytest.approx(1 - (1 - 1 / 50) ** 7 * (1 - law @ law))
+    suresh = closed_forms_of("suresh-survival")  # Zipf(1) over 50 symbols, n = 200
+    q = np.arange(1, 51) ** -1.0
+    q /= q.sum()
+    assert f["support_size_lower_bound"](suresh, "zipf50", 1, {}) == pytest.approx(
+        np.sum(1 - (1 - q) ** 200)
+    )  # generation 1: the first sample's support, exactly
+    late = np.sum(1 - (1 - q + q * np.exp(-1 / 9)) ** 200)  # t = 10: k = 9 generations later
+    assert f["support_size_lower_bound"](suresh, "zipf50", 10, {}) == pytest.approx(late)
+
+
+def test_a_closed_form_on_an_arm_it_does_not_fit_says_what_it_needs():
+    with pytest.raises(ValueError, match="sampling.top_k"):
+        FORMULAS["top_k_floor"].evaluate(closed_forms_of("dohmatob-tails"), "base", 2, {})
+    with pytest.raises(ValueError, match="linear-regression"):
+        FORMULAS["replace_excess_risk"].evaluate(closed_forms_of("seddik-homozygosity"), "base",
+                                                 2, {})  # fmt: skip
+    text = (studies_folder() / "he-golden-ratio.toml").read_text()
+    bad = parse_study(text.replace('id = "optimal_real_weight"', 'id = "folklore"'), "bad.toml")
+    assert any("closed_form measure needs id" in p for p in check_names(bad))

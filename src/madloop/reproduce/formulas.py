@@ -202,3 +202,185 @@ register_formula(
         "(theory/pool.py stationary_moments)",
     )
 )
+
+
+# -- linear regression on its own labels (Gerstgrasser et al. 2024) -------------------------------
+def _regression(data: StudyData, arm: str) -> tuple[float, int, int]:
+    cfg = data.config(arm)
+    fixed = cfg.data.source == "linear-regression" and cfg.data.design == "fixed"
+    if not fixed or cfg.model.ridge != 0.0 or cfg.data.design_size <= cfg.data.dim + 1:
+        raise ValueError(
+            f"arm {arm}: the regression formulas need data.source = 'linear-regression' with "
+            "data.design = 'fixed', model.ridge = 0 and data.design_size > data.dim + 1"
+        )
+    return cfg.data.noise_variance, cfg.data.dim, cfg.data.design_size
+
+
+def _replace_excess_risk(data: StudyData, arm: str, t: int, params: dict[str, Any]) -> float:
+    sigma2, d, T = _regression(data, arm)
+    return t * sigma2 * d / (T - d - 1.0)
+
+
+def _accumulate_bound(data: StudyData, arm: str, t: int, params: dict[str, Any]) -> float:
+    sigma2, d, T = _regression(data, arm)
+    return np.pi**2 / 6.0 * sigma2 * d / (T - d - 1.0)
+
+
+register_formula(
+    Formula(
+        "replace_excess_risk",
+        _replace_excess_risk,
+        "E||ŵ_t-w*||² = t σ² d/(T-d-1), replace, fixed design of T rows, E tr (XᵀX)⁻¹ = "
+        "d/(T-d-1) (Gerstgrasser et al. 2024)",
+    )
+)
+register_formula(
+    Formula(
+        "accumulate_excess_risk_bound",
+        _accumulate_bound,
+        "π²/6 × σ² d/(T-d-1) (generation 1's risk): accumulate's σ² d/(T-d-1) Σ_{i<=t} 1/i² "
+        "stays below it (Gerstgrasser et al. 2024)",
+    )
+)
+
+
+# -- categorical laws: homozygosity, survival, top-k tails ----------------------------------------
+def _law(data: StudyData, arm: str) -> tuple[np.ndarray, Any]:
+    from madloop.config.schema import make_regime
+    from madloop.engines import real_source
+
+    cfg = data.config(arm)
+    if cfg.data.source != "categorical" or cfg.model.family != "categorical":
+        raise ValueError(f"arm {arm}: the categorical formulas need categorical data and family")
+    return real_source(cfg).probabilities(), make_regime(cfg.loop)
+
+
+def _fully_synthetic_sizes(data: StudyData, arm: str) -> tuple[np.ndarray, int, int]:
+    p0, regime = _law(data, arm)
+    cfg = data.config(arm)
+    if regime.name != "fully-synthetic" or cfg.sampling.bias != 1.0 or cfg.model.alpha != 0:
+        raise ValueError(
+            f"arm {arm}: this formula needs loop.regime = 'fully-synthetic', sampling.bias = 1 "
+            "and model.alpha = 0 (the counting MLE)"
+        )
+    return p0, regime.n_initial(), regime.n_synthetic(2)
+
+
+def _homozygosity(data: StudyData, arm: str, t: int, params: dict[str, Any]) -> float:
+    from madloop.theory.discrete import homozygosity, homozygosity_recursion
+
+    p0, n1, n = _fully_synthetic_sizes(data, arm)
+    return float(homozygosity_recursion(float(homozygosity(p0)), t, n, n1)[-1])
+
+
+def _support_bound(data: StudyData, arm: str, t: int, params: dict[str, Any]) -> float:
+    from madloop.theory.discrete import expected_support_lower_bound
+
+    p0, n1, n = _fully_synthetic_sizes(data, arm)
+    if n1 != n:
+        raise ValueError(f"arm {arm}: Suresh et al.'s bound needs n draws in every generation")
+    return float(expected_support_lower_bound(p0, t, n)[-1])
+
+
+def _top_k(data: StudyData, arm: str) -> tuple[np.ndarray, int, Any]:
+    p0, regime = _law(data, arm)
+    k = data.config(arm).sampling.top_k
+    if k is None:
+        raise ValueError(f"arm {arm}: the top-k formulas need sampling.top_k")
+    return p0, k, regime
+
+
+def _top_k_floor(data: StudyData, arm: str, t: int, params: dict[str, Any]) -> float:
+    from madloop.theory.discrete import top_k_mass
+
+    p0, k, _ = _top_k(data, arm)
+    return 1.0 - top_k_mass(p0, k)
+
+
+def _top_k_missing(data: StudyData, arm: str, t: int, params: dict[str, Any]) -> float:
+    from madloop.theory.discrete import top_k_missing_mass
+
+    p0, k, regime = _top_k(data, arm)
+    temperature = data.config(arm).sampling.bias  # the categorical family's T = λ
+    return top_k_missing_mass(p0, k, regime.training_size(2), temperature=temperature)
+
+
+register_formula(
+    Formula(
+        "homozygosity_recursion",
+        _homozygosity,
+        "S_t = 1 - (1-1/n)^t (1-S_0), S = Σ p², fully-synthetic MLE on n draws a generation "
+        "(Seddik et al. 2024)",
+    )
+)
+register_formula(
+    Formula(
+        "support_size_lower_bound",
+        _support_bound,
+        "Σ_i E[1 - exp(-c_i/(t-1))], c_i ~ Bin(n, p_i) the first sample's counts: a symbol seen "
+        "c times survives k generations with probability >= 1 - e^(-c/k) (Suresh et al. 2025)",
+    )
+)
+register_formula(
+    Formula(
+        "top_k_floor",
+        _top_k_floor,
+        "1 - P_k, the real mass beyond the k most likely symbols: a top-k model keeps at most k "
+        "symbols, so missing_mass_t >= 1 - P_k for t >= 2 (Dohmatob et al. 2024)",
+    )
+)
+register_formula(
+    Formula(
+        "top_k_missing_mass",
+        _top_k_missing,
+        "Σ_{i<=k} p_i (1 - p_i/P_k)^m + Σ_{i>k} p_i, m draws of the top-k truncated true law "
+        "(Dohmatob et al. 2024); generation 2 of the loop only approximately (it truncates "
+        "generation 1's fit)",
+    )
+)
+
+
+# -- weighted real data: the golden ratio (He, Xu, Cheng 2025) ------------------------------------
+def _weighted(data: StudyData, arm: str) -> tuple[float | None, int, int, float]:
+    cfg = data.config(arm)
+    loop = cfg.loop
+    if loop.regime != "fresh-data" or getattr(cfg.model, "fit", None) != "mean":
+        raise ValueError(
+            f"arm {arm}: the real-weight formulas need loop.regime = 'fresh-data' and "
+            "model.fit = 'mean' (the covariance known)"
+        )
+    return loop.real_weight, loop.real_size, loop.synthetic_size, cfg.sampling.bias
+
+
+def _stationary_weighted(data: StudyData, arm: str, t: int, params: dict[str, Any]) -> float:
+    from madloop.theory.gaussian import stationary_mean_error
+
+    w, n_r, n_s, bias = _weighted(data, arm)
+    if w is None:
+        raise ValueError(f"arm {arm}: stationary_weighted_mean_error needs loop.real_weight")
+    return stationary_mean_error(w, n_r, n_s, bias=bias)
+
+
+def _optimal_weight(data: StudyData, arm: str, t: int, params: dict[str, Any]) -> float:
+    from madloop.theory.gaussian import optimal_real_weight
+
+    _, n_r, n_s, bias = _weighted(data, arm)
+    return optimal_real_weight(n_r, n_s, bias=bias)
+
+
+register_formula(
+    Formula(
+        "stationary_weighted_mean_error",
+        _stationary_weighted,
+        "lim E||μ_t-μ_0||²/tr Σ_0 = ((1-w)² λ/n_s + w²/n_r)/(1-(1-w)²), real rows weighing w "
+        "(He, Xu, Cheng 2025)",
+    )
+)
+register_formula(
+    Formula(
+        "optimal_real_weight",
+        _optimal_weight,
+        "argmin_w of the stationary error: 1 - u, u = 1 + r/2 - sqrt(r + r²/4), r = λ n_r/n_s "
+        "(1/φ at r = 1; He, Xu, Cheng 2025)",
+    )
+)

@@ -164,3 +164,19 @@ def _fresh_error(data: StudyData, arm: str, generation: int, row: Any) -> tuple[
 register_measure(
     Measure("fresh_error", _fresh_error, label=r"$E\|\mu_t-\mu_0\|^2/$tr$\Sigma_0$ + bias$^2$")
 )
+
+
+# -- closed_form: a formula's own value, no simulation --------------------------------------------
+def _closed_form(data: StudyData, arm: str, generation: int, row: Any) -> tuple[float, float]:
+    """The closed form ``params.id`` at the arm (standard error 0): for a row that checks one
+    closed form against another or a constant, e.g. an optimum against 1/φ. Imported here, not
+    at the top: the formulas read :class:`StudyData` from this module."""
+    from madloop.reproduce.formulas import FORMULAS
+
+    formula = row.params.get("id")
+    if formula not in FORMULAS:
+        raise ValueError(f"measure closed_form needs params.id = a formula, got {formula!r}")
+    return float(FORMULAS[formula].evaluate(data, arm, generation, row.params)), 0.0
+
+
+register_measure(Measure("closed_form", _closed_form, label="closed form"))

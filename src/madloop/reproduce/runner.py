@@ -196,10 +196,11 @@ def compare(study: Study, data: StudyData) -> pd.DataFrame:
 
 def curves(study: Study, data: StudyData) -> pd.DataFrame:
     """Measured and reference curves per panel: over generations (``x = "generation"``), or
-    across the arms along a config key at the row's generation. Threshold rows have none."""
+    across the arms along a config key at the row's generation. Threshold rows and closed-form
+    rows (nothing simulated) have none: their panels are dot plots."""
     rows = []
     for row in study.rows:
-        if row.check == "threshold":
+        if row.check == "threshold" or row.measure == "closed_form":
             continue
         measure = MEASURES[row.measure]
         for arm in row.arms:

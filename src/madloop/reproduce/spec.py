@@ -208,6 +208,9 @@ def check_names(study: Study) -> list[str]:
         if row.reference.kind == "formula" and row.reference.id not in FORMULAS:
             problems.append(f"rows[{i}].reference.id: unknown formula {row.reference.id!r} "
                             f"(formulas: {', '.join(sorted(FORMULAS))})")  # fmt: skip
+        if row.measure == "closed_form" and row.params.get("id") not in FORMULAS:
+            problems.append(f"rows[{i}].params.id: the closed_form measure needs id = one of "
+                            f"the formulas ({', '.join(sorted(FORMULAS))})")  # fmt: skip
         if row.measure == "metric" and row.metric is None:
             problems.append(f"rows[{i}].metric: the metric measure needs metric = a metric name")
     return sorted(set(problems), key=problems.index)
