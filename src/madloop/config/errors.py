@@ -25,6 +25,17 @@ def suggest(key: str, options: Iterable[str]) -> str:
     return f"; did you mean '{match[0]}'?" if match else ""
 
 
+def check_choice(value: str, choices: Iterable[str], what: str) -> str:
+    """``value`` if it is one of ``choices``, else ValueError ``unknown {what} 'x'; did you mean
+    'y'? (valid: a, b)`` (for a field validator: pydantic adds the field's name)."""
+    choices = list(choices)
+    if value not in choices:
+        raise ValueError(
+            f"unknown {what} {value!r}{suggest(value, choices)} (valid: {', '.join(choices)})"
+        )
+    return value
+
+
 _PLAIN = {  # pydantic error type -> the plain phrase we print
     "int_parsing": "must be an integer",
     "int_type": "must be an integer",

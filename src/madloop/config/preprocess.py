@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from madloop.config.errors import suggest
+from madloop.config.errors import check_choice
 
 #: the steps, in the words a config uses
 STEPS = ("align", "clip", "dedup", "standardise")
@@ -58,21 +58,12 @@ class PreprocessStep(BaseModel):
     @field_validator("step")
     @classmethod
     def _known_step(cls, value: str) -> str:
-        if value not in STEPS:
-            raise ValueError(
-                f"unknown step {value!r}{suggest(value, STEPS)} (valid: {', '.join(STEPS)})"
-            )
-        return value
+        return check_choice(value, STEPS, "step")
 
     @field_validator("applies_to")
     @classmethod
     def _known_source(cls, value: str) -> str:
-        if value not in APPLIES_TO:
-            raise ValueError(
-                f"unknown source {value!r}{suggest(value, APPLIES_TO)} "
-                f"(valid: {', '.join(APPLIES_TO)})"
-            )
-        return value
+        return check_choice(value, APPLIES_TO, "source")
 
     @model_validator(mode="after")
     def _parameters(self) -> PreprocessStep:

@@ -19,6 +19,7 @@ from pydantic import (
     model_serializer,
 )
 
+from madloop.config.errors import check_choice
 from madloop.config.preprocess import PreprocessStep
 
 
@@ -323,11 +324,7 @@ class TrackingConfig(Section):
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, value: str) -> str:
-        if value not in TRACKING_BACKENDS:
-            raise ValueError(
-                f"unknown tracking backend {value!r} (available: {', '.join(TRACKING_BACKENDS)})"
-            )
-        return value
+        return check_choice(value, TRACKING_BACKENDS, "tracking backend")
 
     @field_validator("uri")
     @classmethod
