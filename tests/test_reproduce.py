@@ -27,13 +27,14 @@ from madloop.reproduce.runner import COMPARISON_COLUMNS, compare, study_data
 from madloop.reproduce.spec import check_names, studies_folder
 
 STUDIES = study_names()
-FAST = ["mad-gaussian", "shumailov-gaussian"]  # a few seconds each in quick mode
+FAST = ["mad-gaussian", "shumailov-gaussian", "mad-processing"]  # a few seconds each, quick
 
 
 def test_the_studies_are_there():
     assert {"mad-gaussian", "mad-fresh-data", "shumailov-gaussian", "kazdan-replace-accumulate",
             "bertrand-stability", "gerstgrasser-regression", "suresh-survival",
-            "seddik-homozygosity", "he-golden-ratio", "dohmatob-tails"} <= set(STUDIES)  # fmt: skip
+            "seddik-homozygosity", "he-golden-ratio", "dohmatob-tails", "ferbach-curation",
+            "gillman-correction", "mad-processing"} <= set(STUDIES)  # fmt: skip
 
 
 @pytest.mark.parametrize("name", STUDIES)
@@ -268,3 +269,64 @@ def test_a_closed_form_on_an_arm_it_does_not_fit_says_what_it_needs():
     text = (studies_folder() / "he-golden-ratio.toml").read_text()
     bad = parse_study(text.replace('id = "optimal_real_weight"', 'id = "folklore"'), "bad.toml")
     assert any("closed_form measure needs id" in p for p in check_names(bad))
+
+
+def _two_arms() -> tuple:
+    """A StudyData of two arms, three chains, generations 1..3 (no generation 0)."""
+    from madloop.reproduce.measures import StudyData
+
+    values = {"a": [[1.0, 2.0, 4.0], [1.0, 3.0, 6.0], [2.0, 3.0, 5.0]],
+              "b": [[0.0, 1.0, 1.0], [1.0, 1.0, 2.0], [0.0, 2.0, 2.0]]}  # fmt: skip
+    records = [dict(arm=arm, metric="m", generation=g + 1, replicate=r, value=v[r][g])
+               for arm, v in values.items() for r in range(3) for g in range(3)]  # fmt: skip
+    summary = pd.DataFrame(
+        [dict(arm=arm, metric="m", generation=g, theory=th * g) for arm, th in (("a", 2.0),
+         ("b", 0.5)) for g in (1, 2, 3)]
+    )  # fmt: skip
+    return StudyData({}, pd.DataFrame.from_records(records), summary), values
+
+
+def _row(**params):
+    from madloop.reproduce.spec import Row
+
+    return Row(quantity="q", metric="m", params=params, reference={"kind": "theory"})
+
+
+def test_increment_since_the_previous_generation_and_the_difference_between_arms():
+    from madloop.reproduce.measures import MEASURES
+
+    data, v = _two_arms()
+    metric = MEASURES["metric"]
+    a, b = np.array(v["a"]), np.array(v["b"])
+    step = _row(since="previous")
+    mean, se = metric.value(data, "a", 3, step)
+    assert mean == pytest.approx((a[:, 2] - a[:, 1]).mean())
+    assert se == pytest.approx((a[:, 2] - a[:, 1]).std(ddof=1) / np.sqrt(3))
+    assert metric.theory(data, "a", 3, step) == pytest.approx(2.0)
+    assert np.isnan(metric.value(data, "a", 1, step)[0])  # no generation 0: no increment
+    diff = _row(minus_arm="b")
+    mean, se = metric.value(data, "a", 2, diff)  # chain by chain, replicate i with i
+    assert mean == pytest.approx((a[:, 1] - b[:, 1]).mean())
+    assert se == pytest.approx((a[:, 1] - b[:, 1]).std(ddof=1) / np.sqrt(3))
+    assert metric.theory(data, "a", 2, diff) == pytest.approx(4.0 - 1.0)
+    both = _row(since="previous", minus_arm="b")
+    assert metric.value(data, "a", 3, both)[0] == pytest.approx(
+        ((a[:, 2] - a[:, 1]) - (b[:, 2] - b[:, 1])).mean()
+    )
+
+
+def test_a_tolerance_allowance_adds_and_grows_with_the_generation():
+    from madloop.reproduce.spec import Tolerance
+
+    tol = Tolerance(k=4.0, plus=0.01, plus_relative=0.1)
+    assert tol.allowance(-2.0, 5) == pytest.approx(0.01 + 0.2)
+    grows = Tolerance(plus_relative=0.003, per_generation=True)
+    assert grows.allowance(0.5, 10) == pytest.approx(0.015)
+    with pytest.raises(ValueError):
+        Tolerance(plus=-1.0)
+
+
+def test_a_minus_arm_that_does_not_exist_is_named():
+    text = (studies_folder() / "gillman-correction.toml").read_text()
+    bad = parse_study(text.replace('minus_arm = "gamma-0"', 'minus_arm = "gamma-9"'), "bad")
+    assert any("no arm 'gamma-9'" in p for p in check_names(bad))

@@ -340,6 +340,35 @@ register_formula(
 )
 
 
+# -- reward curation: the K -> ∞ limit ------------------------------------------------------------
+def _curation_limit(data: StudyData, arm: str, t: int, params: dict[str, Any]) -> float:
+    from madloop.engines import real_source
+    from madloop.theory.curation import limit_mean_reward
+
+    cfg = data.config(arm)
+    cur = getattr(cfg.loop, "curation", None)
+    if cfg.loop.regime != "fully-synthetic" or cur is None or cur.reward != "linear":
+        raise ValueError(
+            f"arm {arm}: the curation limit needs loop.regime = 'fully-synthetic' and "
+            "loop.curation with reward = 'linear'"
+        )
+    real = real_source(cfg)
+    limit = limit_mean_reward(t, mean0=real.mean, cov0=real.covariance,
+                              direction=np.asarray(cur.direction, dtype=float),
+                              bias=cfg.sampling.bias, scale=cur.scale)  # fmt: skip
+    return float(limit[-1])
+
+
+register_formula(
+    Formula(
+        "curation_limit_mean_reward",
+        _curation_limit,
+        "K -> ∞ limit E[a·μ_t] = a·μ_0 + βλ aᵀΣ_0a Σ_{j<t} λ^(j-1), exact at finite n "
+        "(unbiased fit; Ferbach et al. 2024; theory/curation.py limit_mean_reward)",
+    )
+)
+
+
 # -- weighted real data: the golden ratio (He, Xu, Cheng 2025) ------------------------------------
 def _weighted(data: StudyData, arm: str) -> tuple[float | None, int, int, float]:
     cfg = data.config(arm)
@@ -382,5 +411,28 @@ register_formula(
         _optimal_weight,
         "argmin_w of the stationary error: 1 - u, u = 1 + r/2 - sqrt(r + r²/4), r = λ n_r/n_s "
         "(1/φ at r = 1; He, Xu, Cheng 2025)",
+    )
+)
+
+
+# -- processing: the share a clip removes ---------------------------------------------------------
+def _clip_removed_share(data: StudyData, arm: str, t: int, params: dict[str, Any]) -> float:
+    from madloop.theory.preprocess import clip_share
+
+    cfg = data.config(arm)
+    steps = [s for s in getattr(cfg.loop, "preprocess", ()) if s.step == "clip"]
+    if len(steps) != 1 or len(cfg.loop.preprocess) != 1 or steps[0].radius is None:
+        raise ValueError(
+            f"arm {arm}: clip_removed_share needs loop.preprocess = one clip step with radius"
+        )
+    return 1.0 - clip_share(steps[0].radius, cfg.data.dim)
+
+
+register_formula(
+    Formula(
+        "clip_removed_share",
+        _clip_removed_share,
+        "share outside Mahalanobis radius k of a d-dim Gaussian, 1 - P(d/2, k²/2) "
+        "(theory/preprocess.py clip_share; the n -> ∞ limit of the plug-in clip)",
     )
 )

@@ -83,26 +83,56 @@ MEASURES: Registry[Measure] = Registry("measure")
 register_measure = MEASURES.register
 
 
-# -- metric: one metric of the run, optionally per tr Σ_0 and as an increment since a generation --
+# -- metric: one metric of the run, optionally per tr Σ_0, as an increment since a generation -----
+# (``since``: a generation, or "previous" for the one before) and as a difference from another
+# arm (``minus_arm``: chain by chain, paired by replicate, so the standard error is the paired
+# one; arms of one experiment share their seed and so their real data)
 def _metric_scale(data: StudyData, arm: str, row: Any) -> float:
     scale = float(row.params.get("scale", 1.0))
     return scale / data.trace0(arm) if row.params.get("per_trace", False) else scale
 
 
-def _metric_value(data: StudyData, arm: str, generation: int, row: Any) -> tuple[float, float]:
-    v = data.values(arm, row.metric, generation)
+def _since(row: Any, generation: int) -> int | None:
     since = row.params.get("since")
+    return generation - 1 if since == "previous" else since
+
+
+def _arm_values(data: StudyData, arm: str, generation: int, row: Any) -> np.ndarray:
+    v = data.values(arm, row.metric, generation)
+    since = _since(row, generation)
+    if since == generation - 1 and row.params.get("since") == "previous" and since < 1:
+        try:  # a metric without generation 0 has no increment at generation 1 (NaN: no point)
+            data.values(arm, row.metric, since)
+        except KeyError:
+            return np.full_like(v, np.nan)
     if since is not None:
         v = v - data.values(arm, row.metric, since)
-    return mean_and_error(v * _metric_scale(data, arm, row))
+    return v * _metric_scale(data, arm, row)
 
 
-def _metric_theory(data: StudyData, arm: str, generation: int, row: Any) -> float:
+def _metric_value(data: StudyData, arm: str, generation: int, row: Any) -> tuple[float, float]:
+    v = _arm_values(data, arm, generation, row)
+    other = row.params.get("minus_arm")
+    if other is not None:
+        w = _arm_values(data, other, generation, row)
+        if w.shape != v.shape:
+            raise ValueError(f"minus_arm {other!r}: its replicates differ from arm {arm!r}'s")
+        v = v - w
+    return mean_and_error(v)
+
+
+def _arm_theory(data: StudyData, arm: str, generation: int, row: Any) -> float:
     value = data.theory(arm, row.metric, generation)
-    since = row.params.get("since")
+    since = _since(row, generation)
     if since is not None:
         value -= data.theory(arm, row.metric, since)
     return value * _metric_scale(data, arm, row)
+
+
+def _metric_theory(data: StudyData, arm: str, generation: int, row: Any) -> float:
+    value = _arm_theory(data, arm, generation, row)
+    other = row.params.get("minus_arm")
+    return value if other is None else value - _arm_theory(data, other, generation, row)
 
 
 register_measure(Measure("metric", _metric_value, _metric_theory))

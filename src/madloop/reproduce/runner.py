@@ -184,7 +184,7 @@ def compare(study: Study, data: StudyData) -> pd.DataFrame:
             tolerance, why = float(tol.value), tol.why or "absolute"
         else:
             tolerance, why = p["half_width"], tol.why or "half the grid bracket"
-        tolerance += row.reference.precision
+        tolerance += row.reference.precision + tol.allowance(p["reference"], p["generation"])
         records.append(
             dict(study=study.name, **{k: v for k, v in p.items() if k != "half_width"},
                  tolerance=tolerance,

@@ -61,12 +61,25 @@ class Reference(Section):
 class Tolerance(Section):
     """``standard_errors``: k standard errors of the measurement (k from a Bonferroni correction
     over the study's rows at level ``alpha`` when k is not given); ``absolute``: ``value``;
-    ``bracket``: the measure's own half-width (a threshold between two grid points)."""
+    ``bracket``: the measure's own half-width (a threshold between two grid points).
+
+    ``plus`` (absolute) and ``plus_relative`` (times |reference|) are added to any of them: the
+    known size of a closed form's approximation (an O(1/n) term of an n -> ∞ limit), stated in
+    ``why``; with ``per_generation`` both grow as the generation t (an error each generation
+    compounds)."""
 
     kind: Literal["standard_errors", "absolute", "bracket"] = "standard_errors"
     k: float | None = Field(None, gt=0.0)
     value: float | None = Field(None, ge=0.0)
+    plus: float = Field(0.0, ge=0.0)
+    plus_relative: float = Field(0.0, ge=0.0)
+    per_generation: bool = False
     why: str = ""
+
+    def allowance(self, reference: float, generation: int) -> float:
+        """The added ``plus`` terms at this reference value and generation."""
+        added = self.plus + self.plus_relative * abs(reference)
+        return added * generation if self.per_generation else added
 
     @model_validator(mode="after")
     def _complete(self) -> Tolerance:
@@ -194,7 +207,8 @@ def check_names(study: Study) -> list[str]:
         last = min(a.config.generations for a in arms)
         for i, row in enumerate(study.rows):
             where = f"rows[{i}] ({row.quantity})"
-            for arm in [*row.arms, *([row.baseline] if row.baseline else [])]:
+            others = [row.baseline, row.params.get("minus_arm"), row.reference.arm]
+            for arm in [*row.arms, *(a for a in others if a)]:
                 if arm.split(":")[0] not in names:
                     problems.append(f"{where}: no arm {arm!r} (arms: {', '.join(sorted(names))})")
             late = [g for g in row.generations if g != "last" and not 1 <= g <= last]
