@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from madloop.cli import app
@@ -34,7 +35,7 @@ def test_the_studies_are_there():
     assert {"mad-gaussian", "mad-fresh-data", "shumailov-gaussian", "kazdan-replace-accumulate",
             "bertrand-stability", "gerstgrasser-regression", "suresh-survival",
             "seddik-homozygosity", "he-golden-ratio", "dohmatob-tails", "ferbach-curation",
-            "gillman-correction", "mad-processing"} <= set(STUDIES)  # fmt: skip
+            "gillman-correction", "mad-processing", "mad-guidance"} <= set(STUDIES)  # fmt: skip
 
 
 @pytest.mark.parametrize("name", STUDIES)
@@ -330,3 +331,33 @@ def test_a_minus_arm_that_does_not_exist_is_named():
     text = (studies_folder() / "gillman-correction.toml").read_text()
     bad = parse_study(text.replace('minus_arm = "gamma-0"', 'minus_arm = "gamma-9"'), "bad")
     assert any("no arm 'gamma-9'" in p for p in check_names(bad))
+
+
+def test_a_measured_reference_compares_two_arms_with_the_difference_s_error():
+    """reference.kind = "measured": the other arm's mean, the error sqrt(se1² + se2²)."""
+    study = load_study("mad-gaussian")
+    _, arms = parse(study.experiment(quick=True))
+    chains = {"base": [1.0, 1.2, 1.4, 1.6], "truncated": [0.2, 0.3, 0.4, 0.5]}
+    metrics = pd.DataFrame(
+        [(arm, "trace_ratio", 20, r, v) for arm, vs in chains.items() for r, v in enumerate(vs)],
+        columns=["arm", "metric", "generation", "replicate", "value"],
+    )
+    summary = pd.DataFrame(columns=["arm", "metric", "generation", "theory"])
+    data = StudyData({a.name: a.config for a in arms}, metrics, summary)
+    raw = study.model_dump()
+    raw["rows"] = [{"quantity": "truncated below base", "metric": "trace_ratio",
+                    "arms": ["truncated"], "relation": "below",
+                    "reference": {"kind": "measured", "arm": "base"}}]  # fmt: skip
+    frame = compare(type(study).model_validate(raw), data)
+    se = np.hypot(*(np.std(v, ddof=1) / 2 for v in chains.values()))
+    assert frame["reference"].iloc[0] == pytest.approx(1.3)
+    assert frame["measured"].iloc[0] == pytest.approx(0.35)
+    assert frame["std_error"].iloc[0] == pytest.approx(se)
+    assert frame["agrees"].iloc[0] and frame["reference_source"].iloc[0] == "measured: arm base"
+    raw["rows"][0]["relation"] = "above"
+    assert not compare(type(study).model_validate(raw), data)["agrees"].iloc[0]
+    raw["rows"][0]["reference"] = {"kind": "measured"}
+    with pytest.raises(ValidationError, match="measured reference needs arm"):
+        type(study).model_validate(raw)
+    raw["rows"][0]["reference"] = {"kind": "measured", "arm": "nope"}
+    assert any("no arm 'nope'" in p for p in check_names(type(study).model_validate(raw)))

@@ -114,6 +114,8 @@ def reference_value(row: Row, data: StudyData, arm: str, generation: int) -> tup
         return formula.evaluate(data, arm, generation, ref.params), f"closed form: {formula.text}"
     if ref.kind == "constant":
         return float(ref.value), f"closed form: {ref.why or 'constant'}"
+    if ref.kind == "measured":
+        return MEASURES[row.measure].value(data, arm, generation, row)[0], f"measured: arm {arm}"
     precision = f", ±{ref.precision:g}" if ref.precision else ""
     return float(ref.value), f"paper: {ref.source} ({ref.how}{precision})"
 
@@ -126,6 +128,8 @@ def _measured_rows(row: Row, data: StudyData) -> list[dict[str, Any]]:
         for g in _generations(row, data, arm):
             value, se = measure.value(data, arm, g, row)
             ref, source = reference_value(row, data, arm, g)
+            if row.reference.kind == "measured":  # a difference of two independent arms
+                se = float(np.hypot(se, measure.value(data, row.reference.arm, g, row)[1]))
             label = row.quantity if len(row.arms) == 1 else f"{row.quantity} [{arm}]"
             out.append(dict(quantity=label, generation=g, reference=ref,
                             reference_source=source, measured=value, std_error=se,
@@ -214,7 +218,7 @@ def curves(study: Study, data: StudyData) -> pd.DataFrame:
             for x, g in xs:
                 y, se = measure.value(data, arm, g, row)
                 rows.append((study.name, row.figure_panel, series, "measured", x, y, se))
-                if row.reference.kind in ("theory", "formula") or row.x != "generation":
+                if row.reference.kind in ("theory", "formula", "measured") or row.x != "generation":
                     ref, _ = reference_value(row, data, arm, g)
                     rows.append((study.name, row.figure_panel, series, "reference", x, ref, 0.0))
             if row.reference.kind in ("constant", "paper") and row.x == "generation":

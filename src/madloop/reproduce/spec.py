@@ -32,9 +32,11 @@ class Reference(Section):
     ``params``; ``constant``: ``value``, a closed-form constant (say why in ``why``);
     ``paper``: ``value`` typed in from the paper, with ``source`` (figure / table / section),
     ``how`` (``"exact value in text"`` or ``"read off a plot"``) and its reading ``precision``
-    (added to the tolerance)."""
+    (added to the tolerance); ``measured``: the same measure of another ``arm`` at the same
+    generation, for a qualitative claim between two simulated arms (the row's standard error
+    is then that of the difference, sqrt(se² + se_arm²): the arms' chains are independent)."""
 
-    kind: Literal["theory", "formula", "constant", "paper"]
+    kind: Literal["theory", "formula", "constant", "paper", "measured"]
     id: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     arm: str | None = None  # evaluate the formula for this arm instead of the row's
@@ -48,6 +50,8 @@ class Reference(Section):
     def _complete(self) -> Reference:
         if self.kind == "formula" and not self.id:
             raise ValueError("a formula reference needs id = one of the built-in formulas")
+        if self.kind == "measured" and not self.arm:
+            raise ValueError("a measured reference needs arm = the arm it is compared with")
         if self.kind in ("constant", "paper") and self.value is None:
             raise ValueError(f"a {self.kind} reference needs value")
         if self.kind == "paper" and not (self.source and self.how):
