@@ -172,12 +172,12 @@ def run_cmd(
         str | None,
         typer.Option(
             "--track",
-            help="Log the finished run to this tracker (mlflow), as a [tracking] table would.",
+            help="Log the finished run to this tracker (mlflow, or wandb offline) like [tracking].",
         ),
     ] = None,
     track_uri: Annotated[
         str | None,
-        typer.Option(help="Tracking server or folder [default: the config's, else ./mlruns]."),
+        typer.Option(help="Tracking server or folder [default: the config's, else ./mlflow.db]."),
     ] = None,
 ) -> None:
     """Run every arm of CONFIG and write metrics.parquet, summary.csv, manifest.json, plots/."""

@@ -1,4 +1,4 @@
-"""Experiment tracking: a finished run, logged to MLflow.
+"""Experiment tracking: a finished run, logged to MLflow or (offline) to Weights & Biases.
 
 ``madloop run CONFIG --track mlflow`` (or a ``[tracking]`` table in the config) logs the run after
 its tables are written, so tracking can never change a number or leave a half-written run:
@@ -20,6 +20,12 @@ default since its folder store went into maintenance) with the artefacts under `
 ``uri`` (a tracking server, another ``.db`` file); nothing needs a server. ``mlflow`` is imported
 only here and only when a run is tracked, so ``madloop --help`` and untracked runs never load it
 (install it with ``pip install 'madloop[tracking]'``).
+
+``--track wandb`` writes the same run to Weights & Biases, always offline (``mode="offline"``,
+no login, nothing leaves the machine; ``wandb sync`` uploads it later): one W&B run per arm,
+grouped under the config's name, with the arm's config, the same metric points and, on the first
+arm's run, the run directory as an artifact. Its ``uri`` is the folder W&B writes its ``wandb/``
+folder in (default: the current directory, or ``WANDB_DIR``).
 """
 
 from __future__ import annotations
@@ -31,10 +37,11 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from unittest import mock
 
 from madloop.config import ConfigError, TrackingConfig, flatten
 from madloop.storage.layout import CACHE, CHECKPOINTS
@@ -72,7 +79,8 @@ def resolve(
     uri: str | None = None,
 ) -> Tracking | None:
     """The tracking of a run, or None: the command line (``--track``, ``--track-uri``) over the
-    config's ``[tracking]`` table over ``MLFLOW_TRACKING_URI`` over ``./mlruns``.
+    config's ``[tracking]`` table over ``MLFLOW_TRACKING_URI`` (``WANDB_DIR`` for wandb) over
+    ``./mlflow.db`` (the current directory for wandb).
 
     Raises :class:`ConfigError` naming ``tracking.backend`` (or ``--track``) for a backend that
     does not exist or whose package is not installed, before the run starts rather than after it.
@@ -94,8 +102,13 @@ def resolve(
                 "pip install 'madloop[tracking]'"
             ]
         )
-    uri = uri or (config.uri if config else None) or os.environ.get("MLFLOW_TRACKING_URI")
-    uri = store_uri(uri or DEFAULT_STORE)
+    uri = uri or (config.uri if config else None)
+    if chosen == "wandb":
+        if uri is not None and "://" in uri:
+            raise ConfigError([f"{where}: wandb runs offline, so its uri is a folder, not {uri}"])
+        uri = str(Path(uri or os.environ.get("WANDB_DIR") or ".").expanduser().resolve())
+    else:
+        uri = store_uri(uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_STORE)
     experiment = (config.experiment if config else None) or name
     return Tracking(chosen, uri, experiment)
 
@@ -114,14 +127,21 @@ def store_uri(where: str) -> str:
 
 
 def log_run(result: RunResult, tracking: Tracking) -> str:
-    """Log a finished run to MLflow (see the module's docstring for what goes where); returns
-    the parent run's id. The run must have a directory (``madloop.run(..., out=...)``)."""
+    """Log a finished run to its tracker (see the module's docstring for what goes where);
+    returns the tracker's id for it. The run must have a directory (``madloop.run(out=...)``)."""
     if result.out is None:
         raise ValueError("this run has no directory: pass out= to madloop.run")
+    return LOGGERS[tracking.backend](result, tracking)
+
+
+def log_mlflow(result: RunResult, tracking: Tracking) -> str:
+    """Log a finished run to MLflow: a parent run and a nested child per arm; returns the
+    parent's id."""
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+    assert result.out is not None
     client = MlflowClient(tracking_uri=tracking.uri)
     found = client.get_experiment_by_name(tracking.experiment)
     experiment_id = found.experiment_id if found else client.create_experiment(tracking.experiment)
@@ -137,27 +157,86 @@ def log_run(result: RunResult, tracking: Tracking) -> str:
     pid = parent.info.run_id
     base = {k: v for k, v in result.config.to_dict().items() if k not in ("arms", "tracking")}
     _log_params(client, pid, params(base), Param)
-    summary = result.summary
-    for label in summary["arm"].drop_duplicates():
-        arm_config = _arm_config(manifest.get("arms", {}), str(label))
+    for label, arm_config, rows in arm_rows(result):
         child_tags = {
-            MLFLOW_RUN_NAME: str(label),
+            MLFLOW_RUN_NAME: label,
             MLFLOW_PARENT_RUN_ID: pid,
-            "madloop.mode": str(manifest.get("modes", {}).get(str(label).split(":")[0], "")),
+            "madloop.mode": str(manifest.get("modes", {}).get(label.split(":")[0], "")),
         }
         child = client.create_run(experiment_id, tags=child_tags)
         cid = child.info.run_id
         _log_params(client, cid, params(arm_config), Param)
-        rows = summary[summary["arm"] == label]
         batch = list(metric_points(rows, Metric))
         for i in range(0, len(batch), _BATCH_METRICS):
             client.log_batch(cid, metrics=batch[i : i + _BATCH_METRICS])
         client.set_terminated(cid)
     with artefacts(result.out) as folder:
         client.log_artifacts(pid, str(folder))
-    client.log_batch(pid, tags=[RunTag("madloop.arms", str(summary["arm"].nunique()))])
+    client.log_batch(pid, tags=[RunTag("madloop.arms", str(result.summary["arm"].nunique()))])
     client.set_terminated(pid)
     return pid
+
+
+def log_wandb(result: RunResult, tracking: Tracking) -> str:
+    """Log a finished run to Weights & Biases, offline: one run per arm in a group named after
+    the config, the run directory an artifact of the first; returns the group.
+
+    The environment is forced offline and silent while it runs, so neither a ``WANDB_MODE`` nor
+    a missing login can send anything anywhere or stop to ask.
+    """
+    import wandb
+
+    assert result.out is not None
+    settings = wandb.Settings(
+        mode="offline", silent=True, console="off", save_code=False, x_disable_stats=True
+    )
+    offline = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_CONSOLE": "off"}
+    group = result.config.name
+    Path(tracking.uri).mkdir(parents=True, exist_ok=True)
+    with mock.patch.dict(os.environ, offline), artefacts(result.out) as folder:
+        for i, (label, arm_config, rows) in enumerate(arm_rows(result)):
+            run = wandb.init(
+                mode="offline",
+                dir=tracking.uri,
+                project=tracking.experiment,
+                group=group,
+                name=label,
+                job_type="arm",
+                config=flatten(arm_config),
+                settings=settings,
+            )
+            steps: dict[int, dict[str, float]] = {}
+            for name, value, step in metric_points(rows, lambda k, v, _, s: (k, v, s)):
+                steps.setdefault(step, {})[name] = value
+            for step in sorted(steps):
+                run.log(steps[step], step=step)
+            if i == 0:
+                artifact = wandb.Artifact(key_wandb(f"run-{group}"), type="madloop-run")
+                artifact.add_dir(str(folder))
+                run.log_artifact(artifact)
+            run.finish()
+    return group
+
+
+#: how each backend of :data:`madloop.config.TRACKING_BACKENDS` logs a finished run
+LOGGERS: dict[str, Callable[[RunResult, Tracking], str]] = {
+    "mlflow": log_mlflow,
+    "wandb": log_wandb,
+}
+
+
+def arm_rows(result: RunResult) -> Iterator[tuple[str, dict[str, Any], Any]]:
+    """Each label of the summary (an arm, or ``arm:lineage``) with its resolved config and its
+    summary rows: what every backend logs as one run."""
+    summary = result.summary
+    arms = result.manifest.get("arms", {})
+    for label in summary["arm"].drop_duplicates():
+        yield str(label), _arm_config(arms, str(label)), summary[summary["arm"] == label]
+
+
+def key_wandb(name: str) -> str:
+    """A W&B artifact name (letters, digits, ``-``, ``_`` and ``.``; others become ``_``)."""
+    return re.sub(r"[^A-Za-z0-9_\-.]", "_", name)[:128]
 
 
 def _log_params(client: Any, run_id: str, pairs: list[tuple[str, str]], param: type) -> None:
@@ -186,10 +265,11 @@ def params(config: Mapping[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
-def metric_points(rows: Any, metric: type) -> Iterator[Any]:
-    """MLflow metrics from one label's summary rows: the mean over chains per generation, and
-    the theory where it is finite. A non-finite mean (every chain stopped) is left out: MLflow
-    stores NaN, but a chart with NaN steps says less than one that stops."""
+def metric_points(rows: Any, metric: Callable[..., Any]) -> Iterator[Any]:
+    """Metric points, ``metric(name, value, timestamp, step)``, from one label's summary rows:
+    the mean over chains per generation, and the theory where it is finite. A non-finite mean
+    (every chain stopped) is left out: MLflow stores NaN, but a chart with NaN steps says less
+    than one that stops."""
     stamp = 0  # MLflow orders by step; the timestamp only breaks ties, so keep it fixed
     for row in rows.itertuples(index=False):
         step = int(row.generation)

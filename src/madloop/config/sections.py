@@ -303,7 +303,7 @@ class SweepConfig(Section):
 
 
 #: the experiment trackers ``[tracking]`` may name (:mod:`madloop.tracking` implements each)
-TRACKING_BACKENDS = ("mlflow",)
+TRACKING_BACKENDS = ("mlflow", "wandb")
 
 
 class TrackingConfig(Section):
@@ -311,10 +311,11 @@ class TrackingConfig(Section):
 
     ``backend`` names the tracker (only names from :data:`TRACKING_BACKENDS`: a config never
     names code to import). ``uri`` is where it writes: an ``http(s)://`` tracking server, or a
-    relative path to a local store (``mlflow.db``, SQLite, the default; an absolute path or
-    another URI is given on the command line, ``--track-uri``, like every path outside the
-    run). ``experiment`` groups runs (default: the config's ``name``). Tracking changes no
-    number of the run, so it is not part of a checkpoint's identity.
+    relative path to a local store (``mlflow.db``, SQLite, the default; for ``wandb``, which
+    runs offline, the folder its ``wandb/`` goes in; an absolute path or another URI is given on
+    the command line, ``--track-uri``, like every path outside the run). ``experiment`` groups
+    runs (default: the config's ``name``). Tracking changes no number of the run, so it is not
+    part of a checkpoint's identity.
     """
 
     backend: str = "mlflow"
