@@ -36,14 +36,15 @@ def test_example_validates_and_runs(path: Path):
     base, arms = parse(path)
     assert arms and base.name == path.stem
     raw = tomllib.loads(path.read_text())
-    if "steps" in raw["model"]:  # a neural example: validate its arms, train each only briefly
+    neural = "steps" in raw["model"]
+    if neural:  # a neural example: validate its arms, train each only briefly, on two chains
         raw["model"]["steps"] = 3
         for arm in raw.get("arms", []):
             arm.pop("model.steps", None)
             arm.get("model", {}).pop("steps", None)
         if "eval_size" in raw["data"]:
             raw["data"]["eval_size"] = 100
-    res = madloop.run(raw, generations=3, replicates=4)
+    res = madloop.run(raw, generations=3, replicates=2 if neural else 4)
     # a web-pool arm reports one chain per lineage, as "<arm>:<lineage>"
     assert {name.split(":")[0] for name in res.metrics["arm"]} == {a.name for a in arms}
     assert np.isfinite(res.metrics["value"]).all()
