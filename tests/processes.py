@@ -10,7 +10,11 @@ from collections.abc import Callable
 
 
 def madloop_run(*args: str) -> subprocess.Popen:
-    """``madloop run ARGS -q --no-plots`` in its own process, one BLAS thread, output piped."""
+    """``madloop run ARGS -q --no-plots`` in its own process, one BLAS thread, output piped;
+    checkpointed after every generation (unless ARGS say otherwise), so a kill lands between
+    checkpoints a test can count."""
+    if "--checkpoint-every" not in args:
+        args = (*args, "--checkpoint-every", "1")
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     return subprocess.Popen(
         [sys.executable, "-m", "madloop.cli", "run", *args, "-q", "--no-plots"],

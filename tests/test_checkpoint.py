@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+import madloop.checkpoint as checkpoint
 from madloop.checkpoint import (
     ArmCheckpoints,
     CheckpointError,
@@ -29,7 +30,7 @@ from madloop.checkpoint import (
 )
 from madloop.cli import app
 from madloop.config import ConfigError
-from madloop.experiment import run
+from madloop.experiment import run as experiment_run
 from madloop.types import Frame, Points, Stats
 from processes import madloop_run
 
@@ -60,6 +61,13 @@ loop.real_size = 100
 loop.synthetic_size = 300
 sampling.bias = 0.9
 """
+
+
+def run(*args, **kwargs):
+    """``madloop.run`` checkpointed after every generation unless a test says otherwise (the
+    default cadence is timed): these tests crash at, count and corrupt known checkpoints."""
+    kwargs.setdefault("checkpoint_every", 1)
+    return experiment_run(*args, **kwargs)
 
 
 def tiny_cfg(**over) -> dict:
@@ -223,7 +231,8 @@ def test_cli_reports_a_corrupt_checkpoint_by_name(tmp_path) -> None:
     cfg.write_text(SLOW_CFG.replace("generations = 40", "generations = 6"))
     out = tmp_path / "run"
     runner = CliRunner()
-    res = runner.invoke(app, ["run", str(cfg), "--out", str(out), "-q", "--no-plots"])
+    every = ["--checkpoint-every", "1"]
+    res = runner.invoke(app, ["run", str(cfg), "--out", str(out), "-q", "--no-plots", *every])
     assert res.exit_code == 0, res.output
     newest = out / "checkpoints" / "fresh" / "gen000006" / "model.npz"
     newest.write_bytes(newest.read_bytes()[:100])
@@ -269,6 +278,42 @@ def test_checkpoint_every_k(tmp_path, reference) -> None:
     assert sorted(p.name for p in _arm_dir(tmp_path, "ex").glob("gen*")) == ["gen000005"]
     res = run(tiny_cfg(), out=tmp_path, resume=True)
     pd.testing.assert_frame_equal(res.metrics, reference, check_exact=True)
+
+
+def test_records_since_a_checkpoint_go_into_one_file(tmp_path) -> None:
+    run(tiny_cfg(), out=tmp_path, checkpoint_every=5)  # checkpoints at 5, 10 and 12 (the end)
+    names = sorted(p.name for p in (_arm_dir(tmp_path, "ex") / "records").iterdir())
+    assert names == ["gen000001-000005.npz", "gen000006-000010.npz", "gen000011-000012.npz"]
+
+
+def test_the_default_cadence_bounds_the_time_checkpoints_take(monkeypatch) -> None:
+    """Cadence(None): due after the first generation, then once 1/share times the last
+    checkpoint's cost has passed since it ended; the last generation always."""
+    clock = [100.0]
+    monkeypatch.setattr(checkpoint.time, "perf_counter", lambda: clock[0])
+    cadence = checkpoint.Cadence(None, share=0.05)
+    assert cadence.due(1)
+    cadence.saved(started=clock[0] - 0.01)  # a checkpoint of 10 ms just ended
+    clock[0] += 0.19
+    assert not cadence.due(2)  # 190 ms < 20 x 10 ms
+    assert cadence.due(2, last=True)
+    clock[0] += 0.011
+    assert cadence.due(3)
+    assert [g for g in range(1, 13) if checkpoint.Cadence(5).due(g)] == [5, 10]
+    with pytest.raises(ValueError, match="every"):
+        checkpoint.Cadence(0)
+
+
+def test_a_fast_loop_checkpoints_a_few_generations_and_resumes_bit_exact(tmp_path) -> None:
+    cfg = tiny_cfg(generations=300)
+    with pytest.raises(Crash):
+        run(cfg, out=tmp_path, progress=crash_at("ex", 250), checkpoint_every=None)
+    saved = sorted(int(p.parent.name[3:]) for p in _arm_dir(tmp_path, "ex").glob("gen*/index.json"))
+    assert saved and saved[-1] < 250  # a checkpoint before the crash, not one a generation
+    records = list((_arm_dir(tmp_path, "ex") / "records").iterdir())
+    assert len(records) < 250  # the records of many generations per file
+    res = run(cfg, out=tmp_path, resume=True, checkpoint_every=None)
+    pd.testing.assert_frame_equal(res.metrics, run(cfg).metrics, check_exact=True)
 
 
 def test_kept_batches_round_trip_with_shared_frames() -> None:

@@ -359,7 +359,7 @@ def test_weighted_arm_resumes_bit_exact(tmp_path, mode):
             raise Crash
 
     with pytest.raises(Crash):
-        run(cfg, out=tmp_path, progress=crash)
+        run(cfg, out=tmp_path, progress=crash, checkpoint_every=1)  # a checkpoint at 4
     notes: list[str] = []
     res = run(cfg, out=tmp_path, resume=True, log=notes.append)
     assert any("resuming after generation 4" in n for n in notes), notes

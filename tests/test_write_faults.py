@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import signal
 import subprocess
@@ -21,10 +22,18 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import madloop.checkpoint as checkpoint
 import madloop.storage.files as files
 from madloop.cli import main
-from madloop.experiment import run
+from madloop.experiment import run as experiment_run
 from madloop.storage.files import StorageFull
+
+
+def run(*args, **kwargs):
+    """``madloop.run`` checkpointed after every generation unless a test says otherwise (the
+    default cadence is timed): these tests crash at, count and corrupt known checkpoints."""
+    kwargs.setdefault("checkpoint_every", 1)
+    return experiment_run(*args, **kwargs)
 
 
 def config(generations: int = 8) -> dict:
@@ -54,9 +63,7 @@ def fill_disk_after(monkeypatch, writes: int) -> list[Path]:
     return seen
 
 
-def test_a_full_disk_stops_the_run_with_the_path_and_resume_is_bit_identical(
-    tmp_path, monkeypatch
-):
+def test_a_full_disk_stops_the_run_with_the_path_and_resume_is_bit_identical(tmp_path, monkeypatch):
     reference = run(config(), out=tmp_path / "reference").metrics
     out = tmp_path / "run"
     fill_disk_after(monkeypatch, writes=17)  # a few generations' checkpoints, then full
@@ -95,6 +102,9 @@ def test_a_full_disk_in_a_sweep_stops_it_and_the_sweep_resumes(tmp_path, monkeyp
 
     cfg = {**config(4), "sweep": {"seeds": 3}}
     reference = sweep(cfg, out=tmp_path / "reference", executor="serial").results
+    # tasks checkpoint after every generation (no share of time is too much), so the disk
+    # fills after a task's first checkpoints and before its end
+    monkeypatch.setattr(checkpoint, "AUTO_SHARE", math.inf)
     fill_disk_after(monkeypatch, writes=12)
     with pytest.raises(StorageFull):
         sweep(cfg, out=tmp_path / "sweep", executor="serial")

@@ -4,8 +4,11 @@ A checkpoint sees an engine only through :class:`madloop.loop.Engine`: its ``gen
 records and its ``get_state()`` / ``set_state()`` arrays, named ``group/key``; each group is one
 file. Layout, one directory per arm under ``RUN/checkpoints/``::
 
-    <arm>/records/gen000007.npz     generation 7's records (metrics, provenance, failures; one per
-                                    label of the engine, e.g. per pool lineage), kept for good
+    <arm>/records/gen000005-000007.npz
+                                    the records of generations 5 to 7 (metrics, provenance,
+                                    failures; one per label of the engine, e.g. per pool
+                                    lineage), written with the checkpoint of generation 7 and
+                                    kept for good (``gen000007.npz`` when it holds one)
     <arm>/gen000007/<group>.npz     the engine's state, one file per group. A Loop writes
                                     model.npz (the family's ``get_state()``), kept.npz (what the
                                     regime keeps), loop.npz (counters, stopped chains) and
@@ -43,6 +46,7 @@ import io
 import json
 import re
 import shutil
+import time
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -70,8 +74,6 @@ _GROUP = re.compile(r"^[a-z][a-z0-9_]*$")
 # -- files ----------------------------------------------------------------------------------------
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
 
 
 _LAYOUT = "__layout__/"
@@ -186,6 +188,43 @@ def decode_records(a: Mapping[str, np.ndarray]) -> list[GenerationRecord]:
     return out
 
 
+# -- when to checkpoint ---------------------------------------------------------------------------
+AUTO_SHARE = 0.05  # the automatic cadence keeps checkpoints to this share of a run's time
+
+
+class Cadence:
+    """When an arm checkpoints: every ``every`` generations, or with ``every=None`` whenever the
+    time since the last checkpoint is at least ``1 / share`` times what that checkpoint took
+    (and after the first generation). Checkpoints then cost at most ``share`` of the run: a slow
+    model is checkpointed after every generation, a loop of milliseconds a generation every few
+    dozen, and a crash loses at most about ``1 / share`` checkpoints' worth of work. The arm's
+    last generation is always checkpointed (the caller's ``last``).
+
+    Which generations get a checkpoint never changes the numbers: a resume from any of them is
+    bit-identical to an uninterrupted run.
+    """
+
+    def __init__(self, every: int | None, share: float | None = None) -> None:
+        if every is not None and every < 1:
+            raise ValueError(f"every must be >= 1 or None, got {every}")
+        self.every = every
+        self.share = AUTO_SHARE if share is None else share
+        self.cost = 0.0  # seconds the last checkpoint took
+        self.since = time.perf_counter()  # when it ended
+
+    def due(self, generation: int, *, last: bool = False) -> bool:
+        if last:
+            return True
+        if self.every is not None:
+            return generation % self.every == 0
+        return time.perf_counter() - self.since >= self.cost / self.share
+
+    def saved(self, started: float) -> None:
+        """A checkpoint that began at ``started`` (``time.perf_counter()``) just ended."""
+        self.since = time.perf_counter()
+        self.cost = self.since - started
+
+
 # -- one arm's checkpoints ----------------------------------------------------------------------
 @dataclass
 class Restored:
@@ -232,21 +271,31 @@ class ArmCheckpoints:
         self.fsync = fsync
         self.log = log or (lambda msg: None)
         self.extra = dict(extra or {})
-        self._record_sha: dict[str, str] = {}
+        self._record_sha: dict[str, str] = {}  # record file -> SHA-256, generations 1..t
+        self._pending: list[GenerationRecord] = []  # records since the last checkpoint
 
     # -- writing --------------------------------------------------------------------------------
     def save_records(self, records: list[GenerationRecord]) -> None:
-        """Write one generation's records, one per label of the engine (call for every
-        generation, checkpointed or not)."""
-        self.records_dir.mkdir(parents=True, exist_ok=True)
-        name = f"gen{records[0].generation:06d}.npz"
-        data = npz_bytes(encode_records(records))
-        write_atomic(self.records_dir / name, data, fsync=self.fsync)
-        self._record_sha[name] = sha256(data)
+        """Keep one generation's records, one per label of the engine (call for every
+        generation, checkpointed or not); the next :meth:`save` writes them, in one file."""
+        self._pending.extend(records)
 
     def save_record(self, rec: GenerationRecord) -> None:
         """:meth:`save_records` for an engine with one label."""
         self.save_records([rec])
+
+    def _flush_records(self) -> None:
+        """Write the records kept since the last checkpoint as one file (one file per
+        generation cost more than the checkpoint itself for a fast loop)."""
+        if not self._pending:
+            return
+        first, last = self._pending[0].generation, self._pending[-1].generation
+        name = f"gen{first:06d}.npz" if first == last else f"gen{first:06d}-{last:06d}.npz"
+        self.records_dir.mkdir(parents=True, exist_ok=True)
+        data = npz_bytes(encode_records(self._pending))
+        write_atomic(self.records_dir / name, data, fsync=self.fsync)
+        self._record_sha[name] = sha256(data)
+        self._pending = []
 
     def save(self, engine: Engine, *, finished: bool = False) -> Path:
         """Checkpoint ``engine`` after its current generation (its records must be saved
@@ -256,15 +305,12 @@ class ArmCheckpoints:
         if final.exists():  # a stale or corrupt copy: never mix old and new files
             shutil.rmtree(final)
         final.mkdir(parents=True)
+        self._flush_records()
         files: dict[str, str] = {}
         for fname, arrays in split_state(engine.get_state()).items():
             data = npz_bytes(arrays)
             write_atomic(final / fname, data, fsync=self.fsync)
             files[fname] = sha256(data)
-        records = {f"gen{g:06d}.npz": None for g in range(1, t + 1)}
-        missing = [r for r in records if r not in self._record_sha]
-        for r in missing:  # records of a restored run, verified when it was restored
-            self._record_sha[r] = sha256((self.records_dir / r).read_bytes())
         index = {
             "format": FORMAT,
             "arm": self.arm,
@@ -274,7 +320,7 @@ class ArmCheckpoints:
             "rng": "generation t draws from SeedSequence(seed, spawn_key=(stream, t, ...)); "
             "no generator state is carried between generations",
             "files": files,
-            "records": {r: self._record_sha[r] for r in records},
+            "records": dict(sorted(self._record_sha.items())),  # generations 1..t
             **self.extra,
         }
         index["index_sha256"] = sha256(_canonical(index))
@@ -379,6 +425,7 @@ class ArmCheckpoints:
                 for rec in decode_records(load_npz(blobs["records/" + name]))
             ]
             self._record_sha = dict(index["records"])
+            self._pending = []
             return Restored(index["generation"], records, bool(index["finished"]))
         return None
 
@@ -397,4 +444,3 @@ def split_state(state: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 def run_has_checkpoints(out: Path) -> bool:
     root = Path(out) / "checkpoints"
     return root.is_dir() and any(root.glob("*/gen*/index.json"))
-

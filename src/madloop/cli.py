@@ -159,8 +159,14 @@ def run_cmd(
         int, typer.Option("--keep-checkpoints", help="Checkpoints kept per arm.", min=1)
     ] = 2,
     checkpoint_every: Annotated[
-        int, typer.Option("--checkpoint-every", help="Checkpoint every K generations.", min=1)
-    ] = 1,
+        int | None,
+        typer.Option(
+            "--checkpoint-every",
+            help="Checkpoint every K generations [default: after the first, then whenever 20x "
+            "the last checkpoint's time has passed, so checkpoints cost at most 5% of a run].",
+            min=1,
+        ),
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the memory and disk estimate and exit.")
     ] = False,
@@ -495,6 +501,7 @@ def sweep_cmd(
     console.print(f"{len(result.status)} tasks ({counts}); wrote {result.out}")
     if result.errors:
         raise typer.Exit(1)
+
 
 @app.command("reproduce")
 def reproduce_cmd(

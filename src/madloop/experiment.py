@@ -175,15 +175,19 @@ def run(
     progress: Progress | None = None,
     resume: bool | None = None,
     keep_checkpoints: int = 2,
-    checkpoint_every: int = 1,
+    checkpoint_every: int | None = None,
     log: Log | None = None,
     checkpoints: str | os.PathLike | None = None,
 ) -> RunResult:
     """Run every arm of an experiment; return its tables, and write them to ``out`` if given.
 
     ``config`` is a TOML path, a dict or an :class:`ExperimentConfig`. With ``out``, each arm is
-    checkpointed every ``checkpoint_every`` generations (and at its end) under
-    ``out/checkpoints/`` (see :mod:`madloop.checkpoint`), keeping the newest ``keep_checkpoints``.
+    checkpointed under ``out/checkpoints/`` (see :mod:`madloop.checkpoint`), keeping the newest
+    ``keep_checkpoints``: every ``checkpoint_every`` generations and at its end, or with
+    ``checkpoint_every=None`` (the default) after the first generation and then whenever the time
+    since the last checkpoint is 20 times what it took (checkpoints cost at most 5% of the run:
+    every generation of a slow model, every few dozen of a fast loop;
+    :class:`madloop.checkpoint.Cadence`).
     ``resume=True`` continues each arm from its newest intact checkpoint (finished arms are not
     recomputed) and gives the numbers of an uninterrupted run, bit for bit; ``resume=False`` (what
     ``madloop run`` passes without ``--resume``) refuses a run directory that already holds
@@ -197,7 +201,7 @@ def run(
     problems = []
     if keep_checkpoints < 1:
         problems.append(f"--keep-checkpoints: must be >= 1, got {keep_checkpoints}")
-    if checkpoint_every < 1:
+    if checkpoint_every is not None and checkpoint_every < 1:
         problems.append(f"--checkpoint-every: must be >= 1, got {checkpoint_every}")
     if problems:
         raise ConfigError(problems)
@@ -250,7 +254,7 @@ def _run_arms(
     started: float,
     resume: bool | None,
     keep_checkpoints: int,
-    checkpoint_every: int,
+    checkpoint_every: int | None,
     progress: Progress | None,
     log: Log,
 ) -> RunResult:
@@ -337,14 +341,15 @@ def _run_arm(
     dirs: RunDirs,
     resume: bool | None,
     keep: int,
-    every: int,
+    every: int | None,
     progress: Progress | None,
     log: Log,
 ) -> tuple[Engine, dict[str, RecordColumns], int]:
     """One arm, on the engine its regime names: restore it from its checkpoints if asked, run
-    what is left, checkpoint it every ``every`` generations and write its galleries. Its
+    what is left, checkpoint it (every ``every`` generations, or by :class:`Cadence` when None)
+    and write its galleries. Its
     records are kept column-wise per label (memory stays flat over a long run)."""
-    from madloop.checkpoint import ArmCheckpoints
+    from madloop.checkpoint import ArmCheckpoints, Cadence
 
     engine = build_engine(arm)
     out = dirs.out
@@ -374,6 +379,7 @@ def _run_arm(
         for rec in _restore(arm, engine, ckpt, progress, log):
             columns[rec.arm].add(rec)
     start = engine.generation
+    cadence = Cadence(every)
     while engine.generation < T and engine.stopped is None:
         recs = engine.step()
         t = engine.generation
@@ -388,8 +394,10 @@ def _run_arm(
         if ckpt is not None:
             ckpt.save_records(recs)
             last = t >= T or engine.stopped is not None
-            if last or t % every == 0:
+            if cadence.due(t, last=last):
+                started = time.perf_counter()
                 ckpt.save(engine, finished=last)
+                cadence.saved(started)
         if progress is not None:
             progress(arm.name, t, T)
     return engine, columns, start

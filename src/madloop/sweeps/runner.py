@@ -46,7 +46,7 @@ class TaskOutput:
 def run_task(task: Task) -> TaskOutput:
     """Run one task's config (every arm). Top-level, so every executor can pickle it.
 
-    With ``task.checkpoints`` every arm checkpoints each generation there and continues from
+    With ``task.checkpoints`` every arm checkpoints there (the default cadence) and continues from
     its newest checkpoint (bit for bit as an uninterrupted task); checkpoints another config
     made (the grid's base changed) are discarded and the task starts over. The families the
     driver registered with :func:`madloop.register_family` are registered here first."""
