@@ -187,72 +187,84 @@ def run_cmd(
     ] = None,
 ) -> None:
     """Run every arm of CONFIG and write metrics.parquet, summary.csv, manifest.json, plots/."""
-    from madloop import resources, tracking
-    from madloop.config import ConfigError, parse
-    from madloop.experiment import run
+    plots = (not no_plots or figures is not None) and not dry_run
+    from madloop.report.plot_worker import drawing_process, write_plots
 
-    import_user_code(imports)
-    check_figure_format(fmt)
-    try:
-        base, arms = parse(config, seed=seed, generations=generations, replicates=replicates)
-        tracked = tracking.resolve(base.tracking, name=base.name, backend=track, uri=track_uri)
-    except ConfigError as e:
-        fail(e.problems)
-    out = out or Path("runs") / base.name
-    note_exact_fallback(arms)
-    estimate = resources.estimate(arms, keep_checkpoints=keep_checkpoints)
-    if dry_run:
-        for line in estimate.lines():
-            console.print(line, highlight=False, soft_wrap=True)
-        console.print(
-            f"available: memory {resources.human(resources.available_memory())}, disk "
-            f"{resources.human(resources.free_disk(out))} under {out}",
-            highlight=False,
-            soft_wrap=True,
-        )
-        for line in resources.problems(estimate, out):
-            console.print(f"would be refused: {line}", highlight=False, soft_wrap=True)
-        return
-    too_big = resources.problems(estimate, out)
-    if too_big:
-        fail(too_big + estimate.lines())
-    total = sum(a.config.generations for a in arms)
-    with progress_bar(quiet) as bar:
+    with drawing_process(plots) as worker:  # started first: it loads matplotlib meanwhile
+        from madloop import resources, tracking
+        from madloop.config import ConfigError, parse
+        from madloop.experiment import run
 
-        def progress(arm: str, generation: int, generations: int) -> None:
-            if bar.task is None:
-                bar.begin(base.name, total=total)
-            bar.advance(f"{base.name} [{arm}] gen {generation}")
-
-        def note(message: str) -> None:
-            err.print(f"[yellow]note[/yellow]: {message}", highlight=False, soft_wrap=True)
-
+        import_user_code(imports)
+        check_figure_format(fmt)
         try:
-            result = run(
-                config,
-                out=out,
-                seed=seed,
-                generations=generations,
-                replicates=replicates,
-                progress=progress,
-                resume=resume,
-                keep_checkpoints=keep_checkpoints,
-                checkpoint_every=checkpoint_every,
-                log=note,
-            )
+            base, arms = parse(config, seed=seed, generations=generations, replicates=replicates)
+            tracked = tracking.resolve(base.tracking, name=base.name, backend=track, uri=track_uri)
         except ConfigError as e:
             fail(e.problems)
-    if not no_plots or figures is not None:
-        result.write_plots(figures, fmt)
-    if not quiet:
-        console.print(last_generation_table(base.name, result.summary))
-    console.print(f"wrote {out}")
-    if tracked is not None:
-        try:
-            run_id = tracking.log_run(result, tracked)
-        except Exception as e:  # the run directory is complete; only its copy in the tracker failed
-            fail([f"tracking: {tracked.backend} at {tracked.uri} failed ({e}); {out} is whole"], 1)
-        console.print(f"tracked: {tracked.backend} run {run_id} in {tracked.uri}", highlight=False)
+        out = out or Path("runs") / base.name
+        note_exact_fallback(arms)
+        estimate = resources.estimate(arms, keep_checkpoints=keep_checkpoints)
+        if dry_run:
+            for line in estimate.lines():
+                console.print(line, highlight=False, soft_wrap=True)
+            console.print(
+                f"available: memory {resources.human(resources.available_memory())}, disk "
+                f"{resources.human(resources.free_disk(out))} under {out}",
+                highlight=False,
+                soft_wrap=True,
+            )
+            for line in resources.problems(estimate, out):
+                console.print(f"would be refused: {line}", highlight=False, soft_wrap=True)
+            return
+        too_big = resources.problems(estimate, out)
+        if too_big:
+            fail(too_big + estimate.lines())
+        total = sum(a.config.generations for a in arms)
+        with progress_bar(quiet) as bar:
+
+            def progress(arm: str, generation: int, generations: int) -> None:
+                if bar.task is None:
+                    bar.begin(base.name, total=total)
+                bar.advance(f"{base.name} [{arm}] gen {generation}")
+
+            def note(message: str) -> None:
+                err.print(f"[yellow]note[/yellow]: {message}", highlight=False, soft_wrap=True)
+
+            try:
+                result = run(
+                    config,
+                    out=out,
+                    seed=seed,
+                    generations=generations,
+                    replicates=replicates,
+                    progress=progress,
+                    resume=resume,
+                    keep_checkpoints=keep_checkpoints,
+                    checkpoint_every=checkpoint_every,
+                    log=note,
+                )
+            except ConfigError as e:
+                fail(e.problems)
+        if plots:
+
+            def why(e: str) -> None:
+                err.print(
+                    f"[yellow]note[/yellow]: drawing here instead ({escape(e)})", soft_wrap=True
+                )
+
+            write_plots(result, figures, fmt, worker, say=why)
+        if not quiet:
+            console.print(last_generation_table(base.name, result.summary))
+        console.print(f"wrote {out}")
+        if tracked is not None:
+            try:
+                run_id = tracking.log_run(result, tracked)
+            except Exception as e:  # the run directory is whole; only the tracker's copy failed
+                where = f"{tracked.backend} at {tracked.uri}"
+                fail([f"tracking: {where} failed ({e}); {out} is whole"], 1)
+            done = f"tracked: {tracked.backend} run {run_id} in {tracked.uri}"
+            console.print(done, highlight=False)
 
 
 def last_generation_table(name: str, summary: Any) -> Any:

@@ -51,16 +51,22 @@ class RunResult:
     out: Path | None = None
 
     def write_plots(
-        self, figures: str | os.PathLike | None = None, fmt: str = "png"
+        self,
+        figures: str | os.PathLike | None = None,
+        fmt: str = "png",
+        *,
+        draw: Callable[[Path, str | os.PathLike | None, str], dict[str, float]] | None = None,
     ) -> dict[str, float]:
         """Draw ``plots/`` of the run directory from its summary (the CLI does this after a run;
         the run itself draws nothing) and record the time in the manifest; with ``figures``, the
-        same figures as ``fmt`` (png, svg, pdf) into that folder too."""
+        same figures as ``fmt`` (png, svg, pdf) into that folder too. ``draw(out, figures, fmt)``
+        replaces :func:`madloop.report.plots.write_run_plots` (the CLI's drawing process)."""
         if self.out is None:
             raise ValueError("this run has no directory: pass out= to madloop.run")
-        from madloop.report.plots import write_run_plots
+        if draw is None:
+            from madloop.report.plots import write_run_plots as draw
 
-        timings = write_run_plots(self.out, figures, fmt)
+        timings = draw(self.out, figures, fmt)
         self.manifest.setdefault("timings_s", {}).update(timings)
         write_json(self.out / MANIFEST, self.manifest)
         return timings

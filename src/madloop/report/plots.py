@@ -123,7 +123,8 @@ def metric_figure(summary: pd.DataFrame, metric: str) -> Figure:
     fig = Figure(figsize=(6.4, 4.0), dpi=110)
     ax = fig.add_subplot()
     plot_metric(summary, metric, ax)
-    ax.set_title(metric_title(metric), fontsize=10)
+    # a fixed title position (y given): placing it automatically measures the tick labels
+    ax.set_title(metric_title(metric), fontsize=10, y=1.0, pad=6.0)
     ax.legend(fontsize=7, ncol=2)
     # fixed margins, not tight_layout: laying out measures every tick label in an extra draw,
     # which was half the time of writing a run's plots; these fit the labels of every metric
