@@ -178,3 +178,138 @@ def test_provenance_counts_of_a_union():
     c = sub.provenance_counts()
     np.testing.assert_array_equal(c[(0, 0)], [2, 0])
     np.testing.assert_array_equal(c[(1, 4)], [1, 3])
+
+
+# --- the W2 cross term: Gram route (eigvalsh of M^T M) against the SVD route -------------------
+
+_EPS = np.finfo(float).eps
+
+
+def _svd_w2(mean, factor, mean0, factor0):
+    """W2 with the cross term from the SVD, the arithmetic of the route it stands beside; also
+    the scale ||μ_t - μ_0||² + tr Σ_t + tr Σ_0 of the cancellation W2² = scale - 2 nuclear."""
+    diff = mean - mean0
+    scale = np.einsum("ri,ri->r", diff, diff) + np.einsum("rij,rij->r", factor, factor)
+    scale = scale + float(np.sum(factor0 * factor0))
+    nuclear = np.linalg.svd(factor0.T @ factor, compute_uv=False).sum(axis=-1)
+    return np.sqrt(np.maximum(scale - 2.0 * nuclear, 0.0)), scale
+
+
+def _lower(F):
+    """A lower-triangular factor of F F^T (QR of F^T: no squaring, fine when collapsed)."""
+    return np.swapaxes(np.linalg.qr(np.swapaxes(F, -1, -2), mode="r"), -1, -2)
+
+
+def _rotation(rng, *shape):
+    q, r = np.linalg.qr(rng.standard_normal((*shape, 10, 10)))
+    return q * np.sign(np.diagonal(r, axis1=-2, axis2=-1))[..., None, :]
+
+
+def _w2_cases():
+    """Σ_0 factors and batches of fits (mean, factor) of d = 10 Gaussians: well-conditioned fits
+    of 100 points, fits of an ill-conditioned Σ_0 (eigenvalues 1e-8..1), Σ_t = Q D² Q^T collapsed
+    by D = 1e-6 in three randomly oriented directions, and Σ_t = Σ_0 to 1e-4 with the real mean
+    (W2 ~ 1e-4)."""
+    rng = np.random.default_rng(14)
+    d, R, n = 10, 40, 100
+    B = rng.standard_normal((d, d))
+    well0 = np.linalg.cholesky(B @ B.T / d + np.eye(d))
+    ill0 = _lower((_rotation(rng) * np.sqrt(np.geomspace(1e-8, 1.0, d)))[None])[0]
+
+    def fits(L0, scale=1.0):  # Σ_t = L0 W L0^T, W ~ Wishart(I, n - 1) / (n - 1)
+        Z = rng.standard_normal((R, n - 1, d)) / np.sqrt(n - 1)
+        chol = np.linalg.cholesky(np.swapaxes(Z, 1, 2) @ Z)
+        return scale * rng.standard_normal((R, d)), _lower(L0 @ chol)
+
+    collapse = np.ones(d)
+    collapse[:3] = 1e-6
+    near = np.eye(d) + 1e-4 * rng.standard_normal((R, d, d))
+    return {
+        "well": (well0, *fits(well0, 0.3)),
+        "ill-sigma0": (ill0, *fits(ill0, 1e-3)),
+        "collapsed": (
+            well0,
+            0.3 * rng.standard_normal((R, d)),
+            _lower(_rotation(rng, R) * collapse),
+        ),
+        "near": (well0, np.zeros((R, d)), _lower(well0 @ near)),
+    }
+
+
+@pytest.fixture
+def svd_calls(monkeypatch):
+    """Matrices the metrics hand to the SVD (the Gram route's fallback)."""
+    calls: list[int] = []
+    svd = np.linalg.svd
+
+    def counting(a, *args, **kwargs):
+        calls.append(int(np.prod(np.shape(a)[:-2])))
+        return svd(a, *args, **kwargs)
+
+    monkeypatch.setattr(np.linalg, "svd", counting)
+    return calls
+
+
+def _assert_w2_as_svd(got, want, scale, rel):
+    # Gram route: |δW2²| <= rel W2² by its acceptance test; both routes round the cancellation
+    # scale - 2 nuclear at a few d eps scale (a generous 8 d eps)
+    tol = rel * want**2 + 8 * 10 * _EPS * scale
+    np.testing.assert_array_less(np.abs(got**2 - want**2), tol)
+
+
+@pytest.mark.parametrize("case", ["well", "ill-sigma0", "collapsed", "near"])
+def test_w2_gram_route_matches_the_svd(case, svd_calls):
+    from madloop.metrics.gaussian import GRAM_W2_REL
+
+    L0, mean, factor = _w2_cases()[case]
+    got = gaussian_metrics(mean, factor, np.zeros(10), L0)["wasserstein2"]
+    n_svd = sum(svd_calls)
+    want, scale = _svd_w2(mean, factor, np.zeros(10), L0)
+    _assert_w2_as_svd(got, want, scale, GRAM_W2_REL)
+    if case == "well":  # the fast route is the one taken when it is accurate
+        assert n_svd == 0
+    else:  # near-singular M, or W2² cancelling: every chain goes to the SVD, bit for bit
+        assert n_svd == len(mean)
+        np.testing.assert_array_equal(got, want)
+    if case == "near":  # W2 ~ 1e-4 of a cancellation at scale ~ 20: its digits are the SVD's
+        assert np.all((want > 1e-5) & (want < 1e-2))
+        np.testing.assert_allclose(got, want, rtol=1e-8, atol=0)
+
+
+def test_w2_gram_route_alone_would_lose_digits(monkeypatch):
+    """Why the fallback exists: the Gram route for every chain misses the tolerance on a Σ_t
+    collapsed in randomly oriented directions (its small singular values come out of λ_i with
+    error ~ eps λ_max / σ_i: up to 6e-11 in the nuclear norm against the SVD's 1e-15)."""
+    import madloop.metrics.gaussian as gm
+
+    L0, mean, factor = _w2_cases()["collapsed"]
+    want, scale = _svd_w2(mean, factor, np.zeros(10), L0)
+    tol = gm.GRAM_W2_REL * want**2 + 8 * 10 * _EPS * scale
+    monkeypatch.setattr(gm, "GRAM_W2_REL", np.inf)
+    got = gaussian_metrics(mean, factor, np.zeros(10), L0)["wasserstein2"]
+    assert np.max(np.abs(got**2 - want**2) / tol) > 1  # 14x over it with this seed
+
+
+def test_w2_routes_mixed_in_one_batch(svd_calls):
+    """Well-conditioned, collapsed, near and undefined (NaN) chains against one Σ_0: each chain
+    gets the value it gets alone, NaN stays NaN, and only the ill-conditioned go to the SVD."""
+    from madloop.metrics.gaussian import GRAM_W2_REL
+
+    cases = _w2_cases()
+    parts = [cases[k] for k in ("well", "collapsed", "near")]
+    L0 = parts[0][0]
+    mean = np.concatenate([p[1][:5] for p in parts] + [np.zeros((1, 10))])
+    factor = np.concatenate([p[2][:5] for p in parts] + [np.full((1, 10, 10), np.nan)])
+    order = np.random.default_rng(3).permutation(len(mean))
+    mean, factor = mean[order], factor[order]
+    got = gaussian_metrics(mean, factor, np.zeros(10), L0)["wasserstein2"]
+    assert sum(svd_calls) == 10  # the collapsed and the near chains
+    nan = ~np.isfinite(factor).all(axis=(1, 2))
+    assert np.isnan(got[nan]).all() and np.isfinite(got[~nan]).all()
+    want, scale = _svd_w2(mean[~nan], factor[~nan], np.zeros(10), L0)
+    _assert_w2_as_svd(got[~nan], want, scale, GRAM_W2_REL)
+    alone = [
+        gaussian_metrics(mean[i : i + 1], factor[i : i + 1], np.zeros(10), L0)["wasserstein2"][0]
+        for i in range(len(mean))
+    ]
+    np.testing.assert_array_equal(got, alone)

@@ -44,25 +44,32 @@ def gaussian_metrics(
     ld0 = float(log_det(factor0))
     ld = log_det(factor)
     finite = np.isfinite(factor).all(axis=(1, 2))  # a fit on < 2 points has a NaN covariance
+    rest = mean_error_sq + tr + tr0  # W2² = rest - 2 nuclear
     if finite.all():
-        nuclear = np.linalg.svd(factor0.T @ factor, compute_uv=False).sum(axis=-1)
-    else:  # report NaN for those chains rather than fail the SVD for all of them
+        nuclear = _nuclear(factor0.T @ factor, rest)
+    else:  # report NaN for those chains rather than fail the decomposition for all of them
         nuclear = np.full(mean.shape[0], np.nan)
         if finite.any():
-            M = factor0.T @ factor[finite]
-            nuclear[finite] = np.linalg.svd(M, compute_uv=False).sum(axis=-1)
+            nuclear[finite] = _nuclear(factor0.T @ factor[finite], rest[finite])
     with np.errstate(invalid="ignore"):
-        w2_sq = np.maximum(mean_error_sq + tr + tr0 - 2.0 * nuclear, 0.0)
+        w2_sq = np.maximum(rest - 2.0 * nuclear, 0.0)
 
     d = mean.shape[-1]
     kl = np.where(finite, np.inf, np.nan)
     ok = finite & np.isfinite(ld) & (np.abs(np.diagonal(factor, axis1=1, axis2=2)).min(axis=1) > 0)
     if ok.any():
+        # the usual case skips the masked copies: the same values in the same (C) layout that
+        # the copy would have, so the solve's BLAS calls and bits are the same
+        every = bool(ok.all()) and factor.flags.c_contiguous
         rhs = np.concatenate(
-            [np.broadcast_to(factor0, (ok.sum(), d, d)), diff[ok][:, :, None]], axis=2
+            [
+                np.broadcast_to(factor0, (ok.sum(), d, d)),
+                (diff if every else diff[ok])[:, :, None],
+            ],
+            axis=2,
         )
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            sol = _solve(factor[ok], rhs)  # L_t^{-1} [L_0 | μ_t - μ_0]
+            sol = _solve(factor if every else factor[ok], rhs)  # L_t^{-1} [L_0 | μ_t - μ_0]
             trace_term = np.einsum("rij,rij->r", sol[:, :, :d], sol[:, :, :d])
             maha = np.einsum("ri,ri->r", sol[:, :, d], sol[:, :, d])
             value = 0.5 * (trace_term + maha - d + ld[ok] - ld0)
@@ -75,6 +82,43 @@ def gaussian_metrics(
         "wasserstein2": np.sqrt(w2_sq),
         "kl_divergence": kl,
     }
+
+
+#: the Gram route's worst-case error in W2² may be at most this fraction of W2² (W2 relative
+#: error <= half of it), else the chain's cross term comes from the SVD
+GRAM_W2_REL = 1e-12
+_EPS = float(np.finfo(float).eps)
+
+
+def _nuclear(M: np.ndarray, rest: np.ndarray) -> np.ndarray:
+    """Nuclear norms of M (R, d, d), the W2 cross terms; ``rest`` (R,) = ||μ_t - μ_0||² +
+    tr Σ_t + tr Σ_0, so that W2² = rest - 2 nuclear.
+
+    Gram route: σ_i = sqrt(λ_i(M^T M)), from ``eigvalsh`` at about half the cost of the SVD.
+    Squaring costs accuracy in small singular values: the eigenvalues carry an absolute error
+    |δλ_i| <= ||δG|| <= c eps λ_max (forming G and the symmetric solver, c ~ d), so
+    |δσ_i| <= c eps λ_max / σ_i where the SVD has c eps σ_max, and the error in W2² = rest -
+    2 Σ σ_i is at most ``bound`` = c eps λ_max Σ_i 1/σ_i (first order; with λ_i <= |δλ_i| the
+    square root's error sqrt|δλ_i| is still below |δλ_i|/σ_i). A chain keeps the Gram route only
+    when that bound is below GRAM_W2_REL W2², i.e. W2 keeps 12 correct digits whatever its
+    conditioning; the rest (a near-singular or collapsed Σ_t, an ill-conditioned Σ_0, and
+    Σ_t ≈ Σ_0, where W2² cancels and the SVD's accuracy is needed) use the SVD.
+    """
+    d = M.shape[-1]
+    try:
+        lam = np.linalg.eigvalsh(np.matmul(np.swapaxes(M, 1, 2), M))
+    except np.linalg.LinAlgError:  # an overflowed Gram matrix: leave every chain to the SVD
+        return np.linalg.svd(M, compute_uv=False).sum(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        sigma = np.sqrt(np.maximum(lam, 0.0))
+        nuclear = sigma.sum(axis=-1)
+        bound = (d * _EPS) * lam[:, -1] * (1.0 / sigma).sum(axis=-1)
+        # NaN (an overflowed G, 0 * inf for M = 0) compares False: those go to the SVD too
+        gram_ok = bound <= GRAM_W2_REL * (rest - 2.0 * nuclear)
+    if not gram_ok.all():
+        redo = ~gram_ok
+        nuclear[redo] = np.linalg.svd(M[redo], compute_uv=False).sum(axis=-1)
+    return nuclear
 
 
 def _solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:

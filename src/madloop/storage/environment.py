@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
@@ -20,6 +21,15 @@ def git_commit() -> str | None:
 
 
 def versions() -> dict[str, str]:
+    """Versions of Python and of the packages a run depends on (a fresh dict each call)."""
+    return dict(_versions())
+
+
+@functools.cache
+def _versions() -> dict[str, str]:
+    # importlib.metadata scans sys.path and parses each METADATA file (about 5 ms, twice a run):
+    # look once per process. An imported module does not change under the process, so only a
+    # package upgraded mid-session before its first import would be reported with its old version
     out = {"python": platform.python_version()}
     for pkg in ("madloop", "numpy", "scipy", "pandas", "pyarrow", "pydantic", "torch"):
         try:
@@ -27,4 +37,3 @@ def versions() -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return out
-
