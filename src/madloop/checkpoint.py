@@ -173,18 +173,30 @@ def decode_record(a: Mapping[str, np.ndarray]) -> GenerationRecord:
 
 
 def encode_records(records: list[GenerationRecord]) -> dict[str, np.ndarray]:
-    """One generation's records (one per label) in one file."""
+    """Records (one per label, of one or several generations) as arrays for one file. A field
+    with the same shape and dtype in every record is stacked into one array ``all/<field>``
+    (a file of many generations holds a few dozen arrays, not thousands: writing each array
+    of a .npz costs about as much as a generation of a fast loop); the rest is kept per
+    record as ``rec<i>/<field>``."""
+    encoded = [encode_record(rec) for rec in records]
     out = {"count": np.asarray(len(records))}
-    for i, rec in enumerate(records):
-        out |= {f"rec{i}/{k}": v for k, v in encode_record(rec).items()}
+    for key in encoded[0] if encoded else ():
+        first = encoded[0][key]
+        if all(key in e and e[key].shape == first.shape and e[key].dtype == first.dtype
+               for e in encoded):  # fmt: skip
+            out[f"all/{key}"] = np.stack([e[key] for e in encoded])
+    for i, e in enumerate(encoded):
+        out |= {f"rec{i}/{k}": v for k, v in e.items() if f"all/{k}" not in out}
     return out
 
 
 def decode_records(a: Mapping[str, np.ndarray]) -> list[GenerationRecord]:
+    stacked = {k[len("all/") :]: v for k, v in a.items() if k.startswith("all/")}
     out = []
     for i in range(int(a["count"])):
         p = f"rec{i}/"
-        out.append(decode_record({k[len(p) :]: v for k, v in a.items() if k.startswith(p)}))
+        own = {k[len(p) :]: v for k, v in a.items() if k.startswith(p)}
+        out.append(decode_record({**{k: v[i] for k, v in stacked.items()}, **own}))
     return out
 
 
