@@ -66,6 +66,40 @@ def test_bartlett_is_wishart():
     assert np.all(np.diagonal(A_low, axis1=1, axis2=2)[:, 2:] == 0)
 
 
+@pytest.mark.parametrize("dof, d", [(6, 4), (2, 4), (0, 3), (1, 1), (99, 10)])
+def test_bartlett_draws_in_a_fixed_order(dof, d):
+    """The factor is built from exactly these generator calls, in this order: chi-squares as
+    2 Gamma(k/2) for the first min(dof, d) diagonal entries, then the free sub-diagonal normals
+    row by row (speed work must not change the numbers a seed gives)."""
+    R, rank = 7, min(dof, d)
+    A = bartlett(dof, d, R, np.random.default_rng(5))
+    rng = np.random.default_rng(5)
+    want = np.zeros((R, d, d))
+    if rank:
+        chi2 = 2.0 * rng.standard_gamma((dof - np.arange(rank)) / 2.0, size=(R, rank))
+        want[:, np.arange(rank), np.arange(rank)] = np.sqrt(chi2)
+    slots = [(i, j) for i in range(d) for j in range(min(i, rank))]
+    z = rng.standard_normal((R, len(slots)))
+    for k, (i, j) in enumerate(slots):
+        want[:, i, j] = z[:, k]
+    assert np.array_equal(A, want)
+
+
+@pytest.mark.parametrize("counts", [[50, 50, 50], [50, 20, 7], [50, 1, 9]])
+def test_fit_stats_scales_each_chain_by_its_own_count(counts):
+    """Covariance factor = scatter factor / sqrt(n - 1), chain by chain, to the last bit (one
+    count for all chains takes a scalar product: the same numbers); a one-point chain is NaN."""
+    rng = np.random.default_rng(6)
+    count = np.array(counts)
+    F = np.tril(rng.standard_normal((3, 4, 4)))
+    model = GaussianFamily(3).fit_stats(Stats(count, rng.standard_normal((3, 4)), F))
+    for r, n in enumerate(counts):
+        if n > 1:
+            assert np.array_equal(model.cov_factor_[r], F[r] * (1.0 / np.sqrt(n - 1.0)))
+        else:
+            assert np.isnan(model.cov_factor_[r]).all()
+
+
 def test_draw_stats_law():
     """x̄ ~ N(μ, scale Σ/n) and E[S] = (n-1) scale Σ."""
     rng = np.random.default_rng(4)

@@ -8,6 +8,7 @@ rounding however far Sigma has collapsed (``shared/design/gaussian-exact.md``).
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 
@@ -15,12 +16,18 @@ from madloop.types import Stats
 
 
 @functools.lru_cache(maxsize=64)
-def _bartlett_slots(dim: int, rank: int) -> tuple[np.ndarray, np.ndarray]:
-    """Flat indices of the diagonal (first ``rank``) and of the free sub-diagonal entries."""
-    i = np.arange(rank)
+def _bartlett_plan(dof: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """The chi-square degrees of freedom halved (the Gamma shapes of the diagonal, first
+    ``rank = min(dof, dim)`` entries) and the flat indices of the free sub-diagonal entries.
+    Built once per (dof, dim): a generation calls :func:`bartlett` with the same ones."""
+    rank = max(min(dof, dim), 0)
+    shape = (dof - np.arange(rank)) / 2.0
     rows, cols = np.tril_indices(dim, -1)
     keep = cols < rank
-    return i * dim + i, rows[keep] * dim + cols[keep]
+    lower = rows[keep] * dim + cols[keep]
+    shape.setflags(write=False)  # cached: shared by every call
+    lower.setflags(write=False)
+    return shape, lower
 
 
 def bartlett(dof: int, dim: int, replicates: int, rng: np.random.Generator) -> np.ndarray:
@@ -30,13 +37,15 @@ def bartlett(dof: int, dim: int, replicates: int, rng: np.random.Generator) -> n
     (rank dof): rows i >= dof have no diagonal and only dof free entries, so the factor has exact
     zeros on its diagonal and log det = -inf, by design rather than by failure.
     """
-    rank = min(dof, dim)
-    diag, lower = _bartlett_slots(dim, max(rank, 0))
+    shape, lower = _bartlett_plan(dof, dim)
+    rank = shape.size
     A = np.zeros((replicates, dim * dim))
     if rank > 0:
         # chi2_k = 2 Gamma(k/2): the same law as rng.chisquare, at about half its cost
-        shape = (dof - np.arange(rank)) / 2.0
-        A[:, diag] = np.sqrt(2.0 * rng.standard_gamma(shape, size=(replicates, rank)))
+        chi2 = rng.standard_gamma(shape, size=(replicates, rank))
+        chi2 *= 2.0  # exact (a doubling), like 2.0 * chi2
+        # the first rank diagonal entries, flat i (d + 1): a strided view, written in place
+        np.sqrt(chi2, out=A[:, : rank * (dim + 1) : dim + 1])
     A[:, lower] = rng.standard_normal((replicates, lower.size))
     return A.reshape(replicates, dim, dim)
 
@@ -56,12 +65,15 @@ def draw_stats(
     if n <= 0:  # an empty batch: no statistics (merges drop it); draw nothing
         return np.zeros((R, d)), np.zeros((R, d, d))
     z = rng.standard_normal((R, d, 1))
-    root = np.sqrt(scale)
-    xbar = mean + (root / np.sqrt(n)) * np.matmul(factor, z)[..., 0]
+    # scalars by math.sqrt: correctly rounded like np.sqrt, without a numpy scalar per call
+    root = math.sqrt(scale)
+    shift = np.matmul(factor, z).reshape(R, d)
+    shift *= root / math.sqrt(n)
+    shift += mean  # = mean + c (factor z): addition commutes exactly
     A = bartlett(n - 1, d, R, rng)
     if root != 1.0:
         A *= root
-    return xbar, np.matmul(factor, A)
+    return shift, np.matmul(factor, A)
 
 
 def stats_from_points(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -408,7 +408,9 @@ def check_state(model: Any, replicates: int, dead: set[int]) -> dict[int, str]:
     bad: dict[int, str] = {}
     for key, arr in state.items():
         arr = np.asarray(arr)
-        if not np.issubdtype(arr.dtype, np.number) or np.isfinite(arr).all():
+        # only floats and complex numbers can be non-finite (a dtype kind test: np.issubdtype
+        # costs about as much as the check of a small array)
+        if arr.dtype.kind not in "fc" or np.isfinite(arr).all():
             continue
         r = _replicate_of(key, arr, R)
         if r is None:
@@ -417,9 +419,10 @@ def check_state(model: Any, replicates: int, dead: set[int]) -> dict[int, str]:
         for i in r:
             bad.setdefault(i, f"non-finite fitted state '{key}'")
     dead = set(dead) | set(bad)
-    healthy = [i for i in range(R) if i not in dead]
-    if dead and healthy:
-        model.set_state(_patched(state, R, sorted(dead), healthy[0]))
+    if dead:  # patch the failed chains from the first healthy one, if any is left
+        donor = next((i for i in range(R) if i not in dead), None)
+        if donor is not None:
+            model.set_state(_patched(state, R, sorted(dead), donor))
     return bad
 
 

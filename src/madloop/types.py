@@ -185,6 +185,8 @@ class Stats:
         Weighted batches merge by the same rule with the total weights V1 in place of the counts
         (the weighted scatter of a union is S^w_A + S^w_B + (V1_A V1_B / V1) d d^T).
         """
+        if len(parts) == 1:  # nothing to unite (every exact generation of some regimes)
+            return parts[0]
         parts = [p for p in parts if p.size > 0] or parts[:1]
         out = parts[0]
         for nxt in parts[1:]:

@@ -18,6 +18,7 @@ over thousands of generations stays accurate and log det Σ = 2 Σ log|L_ii| nev
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar, Literal, Self
 
 import numpy as np
@@ -202,13 +203,19 @@ class GaussianFamily:
         else:  # reliability weights: E[S^w] = (V1 - V2/V1) Σ for i.i.d. points
             v1, v2 = weights
             divisor = v1 - v2 / v1 if self.covariance_estimator == "unbiased" else v1
-        if np.all(divisor > 0):
-            scale = 1.0 / np.sqrt(divisor)
+        low, high = divisor.min(initial=np.inf), divisor.max(initial=-np.inf)  # R = 0: neither
+        if low == high and low > 0:
+            # one divisor for every chain (the usual case): a scalar product, the same numbers
+            # as the per-chain one at well under half its cost
+            cov_factor = scatter_factor * np.float64(1.0 / math.sqrt(low))
+        elif low > 0:
+            cov_factor = scatter_factor * (1.0 / np.sqrt(divisor))[:, None, None]
         else:  # a fit on < 2 points (unbiased) has no covariance: NaN, not a crash
             with np.errstate(divide="ignore", invalid="ignore"):
                 scale = np.where(divisor > 0, 1.0 / np.sqrt(np.maximum(divisor, 1e-300)), np.nan)
+            cov_factor = scatter_factor * scale[:, None, None]
         self.mean_ = mean
-        self.cov_factor_ = scatter_factor * scale[:, None, None]
+        self.cov_factor_ = cov_factor
         self.n_samples_ = count
         return self
 
