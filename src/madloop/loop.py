@@ -232,7 +232,9 @@ class Loop:
         failures = self.chains.settle(self.model, raised, t)
 
         def measure() -> dict[str, np.ndarray]:
-            metric_rng = np.random.default_rng(child_seed(self.seed, self.stream, t, METRIC))
+            def metric_rng() -> np.random.Generator:  # built only if a suite draws
+                return np.random.default_rng(child_seed(self.seed, self.stream, t, METRIC))
+
             out = evaluate(self.model, self.real, rng=metric_rng, generation=t, bias=self.bias)
             if self.synthetic is not None:  # e.g. mean_reward, from a stream of its own
                 rng = np.random.default_rng(child_seed(self.seed, self.stream, t, SYNTHETIC_METRIC))

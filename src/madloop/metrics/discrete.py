@@ -78,4 +78,4 @@ def _compute(model: Any, real: Any, *, rng: np.random.Generator, generation: int
     return categorical_metrics(model.probabilities(), real.probabilities(), real.tail, seen=seen)
 
 
-register_suite(MetricSuite("categorical", _applies, _compute))
+register_suite(MetricSuite("categorical", _applies, _compute, draws=False))

@@ -146,4 +146,4 @@ def _compute(model: Any, real: Any, *, rng: np.random.Generator, generation: int
     return gaussian_metrics(mean, factor, mean0, factor0)
 
 
-register_suite(MetricSuite("gaussian-moments", _applies, _compute))
+register_suite(MetricSuite("gaussian-moments", _applies, _compute, draws=False))

@@ -39,4 +39,4 @@ def _compute(model: Any, real: Any, *, rng: np.random.Generator, generation: int
     return regression_metrics(coef, truth, model.residual_variance_, dof)
 
 
-register_suite(MetricSuite("linear-regression", _applies, _compute))
+register_suite(MetricSuite("linear-regression", _applies, _compute, draws=False))
