@@ -85,8 +85,10 @@ def gaussian_metrics(
 
 
 #: the Gram route's worst-case error in W2² may be at most this fraction of W2² (W2 relative
-#: error <= half of it), else the chain's cross term comes from the SVD
+#: error <= half of it), or at most GRAM_SVD_PARITY times the SVD's own worst case; else the
+#: chain's cross term comes from the SVD
 GRAM_W2_REL = 1e-12
+GRAM_SVD_PARITY = 10.0
 _EPS = float(np.finfo(float).eps)
 
 
@@ -99,10 +101,12 @@ def _nuclear(M: np.ndarray, rest: np.ndarray) -> np.ndarray:
     |δλ_i| <= ||δG|| <= c eps λ_max (forming G and the symmetric solver, c ~ d), so
     |δσ_i| <= c eps λ_max / σ_i where the SVD has c eps σ_max, and the error in W2² = rest -
     2 Σ σ_i is at most ``bound`` = c eps λ_max Σ_i 1/σ_i (first order; with λ_i <= |δλ_i| the
-    square root's error sqrt|δλ_i| is still below |δλ_i|/σ_i). A chain keeps the Gram route only
-    when that bound is below GRAM_W2_REL W2², i.e. W2 keeps 12 correct digits whatever its
-    conditioning; the rest (a near-singular or collapsed Σ_t, an ill-conditioned Σ_0, and
-    Σ_t ≈ Σ_0, where W2² cancels and the SVD's accuracy is needed) use the SVD.
+    square root's error sqrt|δλ_i| is still below |δλ_i|/σ_i). A chain keeps the Gram route
+    when that bound is below GRAM_W2_REL W2² (W2 keeps 12 correct digits whatever its
+    conditioning), or within GRAM_SVD_PARITY times the SVD's own bound 2 c d eps σ_max (M well
+    conditioned: mean σ_max/σ_i <= 2 GRAM_SVD_PARITY, so Σ_t ≈ Σ_0 at large n, where W2²
+    cancels, is as accurate either way); the rest (a near-singular or collapsed Σ_t, an
+    ill-conditioned Σ_0 with W2² small) use the SVD.
     """
     d = M.shape[-1]
     try:
@@ -113,8 +117,11 @@ def _nuclear(M: np.ndarray, rest: np.ndarray) -> np.ndarray:
         sigma = np.sqrt(np.maximum(lam, 0.0))
         nuclear = sigma.sum(axis=-1)
         bound = (d * _EPS) * lam[:, -1] * (1.0 / sigma).sum(axis=-1)
+        svd_bound = 2.0 * d * (d * _EPS) * sigma[:, -1]
         # NaN (an overflowed G, 0 * inf for M = 0) compares False: those go to the SVD too
-        gram_ok = bound <= GRAM_W2_REL * (rest - 2.0 * nuclear)
+        gram_ok = (bound <= GRAM_W2_REL * (rest - 2.0 * nuclear)) | (
+            bound <= GRAM_SVD_PARITY * svd_bound
+        )
     if not gram_ok.all():
         redo = ~gram_ok
         nuclear[redo] = np.linalg.svd(M[redo], compute_uv=False).sum(axis=-1)
