@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import LogFormatter
+from matplotlib.ticker import LogFormatter, NullLocator
 
 from madloop.glossary import GLOSSARY, METRICS
 from madloop.storage import RunDir, atomic_path
@@ -91,6 +91,12 @@ def plot_metric(summary: pd.DataFrame, metric: str, ax: Axes) -> Axes:
         # minor label was most of the time of drawing a log-scale figure
         ax.yaxis.set_major_formatter(PlainLogFormatter(labelOnlyBase=False))
         ax.yaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
+        shown = rows[["q05", "q95", "mean"]].to_numpy(float)
+        shown = shown[np.isfinite(shown) & (shown > 0)]
+        if shown.size and np.log10(shown.max() / shown.min()) > 2:
+            # over more than two decades the minor ticks get no labels, only marks, and each
+            # tick costs a millisecond to draw: the decades alone
+            ax.yaxis.set_minor_locator(NullLocator())
     _style_legend(ax, styles)
     ax.set_xlabel("generation")
     ax.set_ylabel(LABELS.get(metric, metric))
