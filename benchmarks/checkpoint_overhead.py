@@ -1,5 +1,6 @@
-"""What checkpointing after every generation costs: the same runs with and without a run
-directory's checkpoints, timed in one process, best of 3, and the ratio printed.
+"""What checkpointing costs: the same runs without a run directory, and with one checkpointed
+after every generation, every 10th and at the default (timed) cadence, timed in one process,
+best of 3, and the ratios printed (a run directory also writes its tables).
 
     .venv/bin/python benchmarks/checkpoint_overhead.py
 """
@@ -42,18 +43,20 @@ def main() -> None:
         counter = iter(range(10**6))
         for name, cfg in CASES.items():
             plain = best(lambda cfg=cfg: run(cfg))
-            every = best(lambda cfg=cfg: run(cfg, out=tmp / f"{next(counter)}"))
-            tenth = best(
-                lambda cfg=cfg: run(
-                    cfg, out=tmp / f"{next(counter)}", checkpoint_every=10
-                )
-            )
+
+            def with_dir(cfg=cfg, **kw) -> float:
+                return best(lambda: run(cfg, out=tmp / f"{next(counter)}", **kw))
+
+            every = with_dir(checkpoint_every=1)
+            tenth = with_dir(checkpoint_every=10)
+            timed = with_dir()  # the default cadence
             _, arms = parse(cfg)
             gens = sum(a.config.generations for a in arms)
             print(
-                f"{name}: no checkpoints {plain:.3f} s | every generation {every:.3f} s "
+                f"{name}: no run directory {plain:.3f} s | every generation {every:.3f} s "
                 f"(x{every / plain:.2f}, {1000 * (every - plain) / gens:.2f} ms per checkpoint) | "
-                f"every 10th {tenth:.3f} s (x{tenth / plain:.2f})"
+                f"every 10th {tenth:.3f} s (x{tenth / plain:.2f}) | "
+                f"default (timed) {timed:.3f} s (x{timed / plain:.2f})"
             )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -13,7 +13,8 @@ interleaved round by round, best of ``--rounds``:
   included) for ``exact`` and ``sample``; ``madloop --help`` against ``python -c "import numpy"``
   (wall time, and the children's CPU time from ``resource.getrusage``);
 - a breakdown of ``madloop.run`` for both configs: imports (a fresh process importing what
-  ``madloop run`` needs), loop (metric suites off), metrics (on minus off), tables
+  ``madloop run``'s own process needs), worker (the drawing process's imports and warm-up, which
+  run while the loop does), loop (metric suites off), metrics (on minus off), tables
   (``long_table``), summary (``summarize`` with the theory), checkpoints and writing
   (``madloop.run(config, out=DIR)`` minus ``madloop.run(config)``: the default checkpoint
   cadence and the run directory's tables) and plots in-process (``RunResult.write_plots``),
@@ -144,13 +145,22 @@ def process(argv: list[str]) -> tuple[float, float]:
 
 def breakdown(config: Path, out: Path) -> dict[str, float]:
     """perf_counter seconds of each phase of ``madloop run`` (imports in a fresh process)."""
-    imports = (
+    imports = (  # what the command's own process imports (the figures are the worker's)
         "import time; t0 = time.perf_counter(); import madloop.cli, madloop.experiment, "
-        "madloop.report.plots, madloop.models.gaussian, madloop.data.gaussian, "
-        "madloop.metrics.gaussian; print(time.perf_counter() - t0)"
+        "madloop.models.gaussian, madloop.data.gaussian, madloop.metrics.gaussian; "
+        "print(time.perf_counter() - t0)"
     )
     res = subprocess.run(
         [sys.executable, "-c", imports], env=ENV, check=True, capture_output=True, text=True
+    )
+    worker = (  # the drawing process's imports and warm-up (madloop.report.plot_worker.serve)
+        "import time; t0 = time.perf_counter(); import io; "
+        "from matplotlib.figure import Figure; import madloop.report.plots; "
+        "f = Figure(figsize=(2, 2), dpi=50); f.add_subplot().set_title('warm-up'); "
+        "f.savefig(io.BytesIO(), format='png'); print(time.perf_counter() - t0)"
+    )
+    wres = subprocess.run(
+        [sys.executable, "-c", worker], env=ENV, check=True, capture_output=True, text=True
     )
     from madloop.config import parse
     from madloop.engines import build_engine
@@ -168,6 +178,7 @@ def breakdown(config: Path, out: Path) -> dict[str, float]:
         return records
 
     t: dict[str, float] = {"imports": float(res.stdout.strip())}
+    t["worker"] = float(wres.stdout.strip())
     t0 = time.perf_counter()
     with metrics_off():
         steps()
@@ -289,6 +300,10 @@ def report(d, n, T, R, rounds, best, pwall, pcpu, parts, loads) -> None:  # noqa
     print("  " + " ".join(f"{k:>9s}" for k in ["mode", *keys]))
     for mode, t in parts.items():
         print("  " + f"{mode:>9s} " + " ".join(f"{t[k]:9.3f}" for k in keys))
+    print(
+        "  (imports: the command's process; worker: the drawing process's imports and warm-up,"
+        " concurrent with the run; plots: drawing them in-process)"
+    )
     print("\noverhead beyond the loop and its metrics (tables, summary, checkpoints, writing)")
     for mode, t in parts.items():
         extra = t["tables"] + t["summary"] + t["ckpt+write"]
