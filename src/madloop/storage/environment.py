@@ -9,7 +9,11 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 
+@functools.cache
 def git_commit() -> str | None:
+    """The commit of madloop's own checkout (None outside one). Looked up once per process: the
+    code running is the code imported then, whatever the checkout does later (and a ``git``
+    process per run was a few milliseconds of every in-process run)."""
     try:
         here = Path(__file__).resolve().parent
         res = subprocess.run(
