@@ -51,6 +51,39 @@ def test_memory_estimate_bounds_the_measured_peak(regime, mode, R, n, d, T) -> N
     assert peak <= est.memory <= 4 * peak, (peak, est.memory)
 
 
+@pytest.mark.parametrize(
+    "name, data, model, loop",
+    [
+        (  # K candidates a synthetic point: the draw is K times the training set
+            "curation K=16",
+            {"source": "gaussian", "dim": 8},
+            {"family": "gaussian", "mode": "sample"},
+            {"regime": "fully-synthetic", "synthetic_size": 400,
+             "curation": {"reward": "linear", "choices": 16, "direction": [1.0] * 8}},
+        ),
+        (  # rows are x and y (d + 1 numbers), and the least-squares fit holds its factors
+            "regression",
+            {"source": "linear-regression", "dim": 20, "design_size": 100},
+            {"family": "linear-regression", "mode": "sample"},
+            {"regime": "fully-synthetic", "synthetic_size": 500},
+        ),
+    ],
+)  # fmt: skip
+def test_memory_estimate_bounds_curation_and_regression(name, data, model, loop) -> None:
+    _, arms = parse({"generations": 3, "replicates": 10, "data": data, "model": model,
+                     "loop": loop})  # fmt: skip
+    run_loop = build_loop(arms[0])
+    tracemalloc.start()
+    try:
+        for _ in run_loop.run(3):
+            pass
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    est = resources.estimate_arm(arms[0])
+    assert peak <= est.memory <= 4 * peak, (name, peak, est.memory)
+
+
 def test_training_sizes_follow_the_regime() -> None:
     def regime(name, **kw):
         return REGIMES[name](**kw)

@@ -13,6 +13,9 @@ Memory model (peak of the largest arm; arms run one after another):
   union, a kept copy, the fit's work arrays), plus what the regime keeps (a pool of up to ``k``
   rows per replicate), plus the model state (``ModelConfig.state_size``, when declared).
 - ``exact`` mode holds sufficient statistics: ``R x (e^2 + e + 1)`` floats per batch.
+- a family's fit may hold ``ModelConfig.fit_batch_copies`` more arrays of a batch's size, and
+  ``loop.curation`` draws K candidates per synthetic point (``CURATION_COPIES`` arrays of
+  ``R x K x m x (e + 2)``).
 The constants were calibrated with ``tracemalloc`` on the Gaussian family and are checked by
 ``tests/test_resources.py`` (the estimate must bound the measured peak, within a factor 4).
 """
@@ -35,6 +38,7 @@ FLOAT = 8
 POINTS_COPIES = 6  # a union of batches: draws, union, kept copy, the fit's work arrays
 SINGLE_COPIES = 2  # one batch per generation (fully synthetic): the draw and the fit's work
 STATE_COPIES = 12  # a fit's and the metrics' work arrays of the model's size
+CURATION_COPIES = 3  # loop.curation: the K candidates, their rewards and Gumbel keys, the pick
 BASELINE = 200 * 2**20  # the interpreter, numpy, pandas, pydantic...
 TABLE_ROW = 100  # bytes per (arm, generation, replicate, metric, value) row, with pandas copies
 DEFAULT_METRICS = 10  # when the metric suites are not known before running
@@ -135,13 +139,13 @@ def human(n: float) -> str:
 
 
 def _event_size(cfg: Any) -> int:
-    """Numbers per data row: ``data.dim`` where the source has one, else ``event_size()`` on the
-    data config, else one drawn row's size."""
+    """Numbers per data row: ``event_size()`` on the data config where it has one (a regression
+    row is x and y), else ``data.dim``, else one drawn row's size."""
+    if hasattr(cfg.data, "event_size"):
+        return int(cfg.data.event_size())
     dim = getattr(cfg.data, "dim", None)
     if isinstance(dim, int):
         return dim
-    if hasattr(cfg.data, "event_size"):
-        return int(cfg.data.event_size())
     from madloop.data import build_source
 
     real = build_source(cfg.data, rng=np.random.default_rng(0))
@@ -181,8 +185,12 @@ def estimate_arm(arm: Any, *, keep_checkpoints: int = 2) -> ArmEstimate:
         est.batch_bytes = R * peak * e * FLOAT
         kept_bytes = R * pool * (e * FLOAT + 5)  # + source (int8) and origin (int32) tags
         copies = POINTS_COPIES if mixing else SINGLE_COPIES
+        copies += getattr(cfg.model, "fit_batch_copies", 0)
         est.memory = copies * R * max(union, peak) * e * FLOAT + STATE_COPIES * state_bytes
         est.memory += 2 * kept_bytes if mixing else 0
+        choices = getattr(getattr(cfg.loop, "curation", None), "choices", 1)  # the loop's
+        if choices > 1:  # K candidates per synthetic point (the web pool curates otherwise)
+            est.memory += CURATION_COPIES * R * choices * peak * (e + 2) * FLOAT
     est.table_bytes = T * R * n_metrics * TABLE_ROW
     records = T * (R * n_metrics * FLOAT + 2_000)  # per-generation records (npz)
     table = T * R * n_metrics * 12 + T * n_metrics * 150  # metrics.parquet + summary.csv

@@ -144,6 +144,9 @@ class ModelConfig(Section):
     #: whether its R chains can fit training sets of different sizes (``loop.preprocess`` steps
     #: that remove points): per-replicate fits and the Gaussian's masked statistics can
     variable_train_size: ClassVar[bool] = True
+    #: arrays of a training batch's size its fit holds at once beyond the loop's own copies
+    #: (``madloop run --dry-run``; e.g. a least-squares fit's QR factors)
+    fit_batch_copies: ClassVar[int] = 0
 
     def requested_mode(self) -> str:
         """``"exact"`` or ``"sample"``. A family with an exact (sufficient-statistics) mode

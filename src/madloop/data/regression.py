@@ -41,6 +41,10 @@ class RegressionDataConfig(DataConfig):
     design: Literal["fixed", "fresh"] = "fixed"  # fresh: new x for every draw (design_size unused)
     noise_variance: float = Field(1.0, gt=0.0, le=1e12)  # σ²
 
+    def event_size(self) -> int:
+        """Numbers per row: x (d) and y."""
+        return self.dim + 1
+
     def config_problems(self, model: Any, loop: Any, regime: Any) -> list[str]:
         """Checks that need ``[model]`` and ``[loop]`` too (called by the schema when both are
         valid): the family, whole copies of a fixed design, and a non-singular fit."""
@@ -243,9 +247,7 @@ class RegressionSource:
         X = labelled(x, w, np.full(replicates, self.noise_variance), rng)
         return Points.tagged(X, source=REAL, origin=0)
 
-    def sample_stats(
-        self, n: int, *, replicates: int, rng: np.random.Generator
-    ) -> RegressionStats:
+    def sample_stats(self, n: int, *, replicates: int, rng: np.random.Generator) -> RegressionStats:
         w = self.true_coefficients(replicates)
         gram = self.gram(n, replicates, rng)
         return draw_label_stats(gram, w, np.full(replicates, self.noise_variance), n, rng)
