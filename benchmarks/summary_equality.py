@@ -3,7 +3,9 @@
 The reference is ``summarize`` as it was at REV (a groupby with Python lambdas for the standard
 error and the quantiles). Both run on the metric tables of short runs of the example configs and
 on edge cases (stopped chains, ±inf, n = 1, all-NaN groups, groups of unequal size, NaN keys,
-empty); the frames must be equal and their CSVs byte-identical.
+empty); in the reference's columns (those added since, the interval of the mean and the bias
+text, are not in it), the frames must be equal and their CSVs byte-identical, and so must the
+run's written summary.csv read back.
 
 Usage: python benchmarks/summary_equality.py [--rev 948b5b9] [--generations 5]
 """
@@ -11,6 +13,7 @@ Usage: python benchmarks/summary_equality.py [--rev 948b5b9] [--generations 5]
 from __future__ import annotations
 
 import argparse
+import io
 import subprocess
 import sys
 import tempfile
@@ -101,6 +104,15 @@ def edge_cases() -> dict[str, tuple[pd.DataFrame, dict]]:
     return cases
 
 
+def shared(reference: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    """``new`` in the reference's columns: columns added since REV (the interval of the mean,
+    ``ci_low`` / ``ci_high``; the run's ``bias`` text) are not in the reference to compare."""
+    missing = [c for c in reference.columns if c not in new.columns]
+    if missing:
+        raise SystemExit(f"the new summary lacks the reference's columns {missing}")
+    return new[list(reference.columns)]
+
+
 def compare(name: str, old, frame: pd.DataFrame, theory=None, **kw) -> bool:  # noqa: ANN001
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -109,6 +121,7 @@ def compare(name: str, old, frame: pd.DataFrame, theory=None, **kw) -> bool:  # 
         t1 = time.perf_counter()
         b = summarize(frame, theory, **kw)
         t2 = time.perf_counter()
+    b = shared(a, b)
     same_csv = a.to_csv(index=False) == b.to_csv(index=False)
     try:
         pd.testing.assert_frame_equal(a, b, check_exact=True)
@@ -144,9 +157,9 @@ def main() -> None:
         res = madloop.run(path, generations=args.generations, out=tmp / ex)
         _, arms = parse(path, generations=args.generations)
         ok &= compare(ex, old, res.metrics, theory_frame(arms))
-        written = (tmp / ex / "summary.csv").read_text()
-        ref = old.summarize(res.metrics, theory_frame(arms)).to_csv(index=False)
-        if written != ref:
+        ref = old.summarize(res.metrics, theory_frame(arms))
+        written = shared(ref, pd.read_csv(tmp / ex / "summary.csv")).to_csv(index=False)
+        if written != pd.read_csv(io.StringIO(ref.to_csv(index=False))).to_csv(index=False):
             ok = False
             print(f"  {ex}: summary.csv differs from the reference's")
     print("all equal" if ok else "DIFFERENCES FOUND")

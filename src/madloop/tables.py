@@ -80,9 +80,7 @@ class RecordColumns:
     lines. :meth:`long_table`, :meth:`provenance_table` and :meth:`failures` give what the
     functions of this module give for the list of records."""
 
-    def __init__(
-        self, label: str, generations: int, sources: dict[int, str] | None = None
-    ) -> None:
+    def __init__(self, label: str, generations: int, sources: dict[int, str] | None = None) -> None:
         self.label = label
         self.capacity = max(int(generations), 1)
         self.sources = SOURCE_NAMES if sources is None else sources
@@ -127,7 +125,7 @@ class RecordColumns:
                     "arm": self.label,
                     "generation": np.repeat(gens, len(names) * R),
                     "replicate": np.tile(np.arange(R), G * len(names)),
-                    "metric": np.tile(np.repeat(np.array(names, dtype=object), R), G),
+                    "metric": string_column(names, np.tile(np.repeat(np.arange(len(names)), R), G)),
                     "value": block.reshape(-1),
                 }
             )
@@ -146,6 +144,19 @@ class RecordColumns:
             {"arm": self.label, "generation": g, "replicate": r, "reason": why}
             for r, g, why in sorted(self.stops, key=lambda s: s[0])
         ]
+
+
+def string_column(labels: Sequence[str], codes: np.ndarray) -> Any:
+    """``labels[codes]`` as the array type pandas gives a column of strings by default (its
+    pyarrow-backed ``str`` on pandas 3, object before), built from the codes: a table of 10^5
+    rows took 3.5 ms to convert from Python strings, a take on the labels 0.1 ms."""
+    dtype = pd.Series(["x"]).dtype
+    if isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow":
+        import pyarrow as pa
+
+        table = pa.array(list(labels), type=pa.large_string())
+        return pd.array(table.take(pa.array(codes)), dtype=dtype)
+    return np.asarray(labels, dtype=object)[codes]
 
 
 class _Row:
