@@ -3,6 +3,9 @@ the same as an in-process draw, and a worker that fails leaves the command drawi
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,6 +83,30 @@ def test_the_worker_reports_what_went_wrong(tmp_path) -> None:
     idle = PlotWorker()
     idle.close()  # a worker never asked ends at once
     assert idle.proc is None
+
+
+FORKED_DRAW = """
+import os, sys
+from madloop.report import plot_worker, plots
+parent, real = os.getpid(), plots.draw_run_figures
+def draw(summary, run_dir, figures, fmt, metrics=None):
+    if os.getpid() != parent and sys.argv[2] == "fail":
+        raise RuntimeError("the copy fell over")
+    real(summary, run_dir, figures, fmt, metrics)
+plots.draw_run_figures = draw
+plot_worker.draw_in_two(sys.argv[1], None, "png")
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the worker forks on POSIX only")
+@pytest.mark.parametrize("copy", ["draws", "fail"])
+def test_the_worker_and_its_forked_copy_draw_every_figure(tmp_path, monkeypatch, copy) -> None:
+    monkeypatch.setenv(plot_worker.ENV_SWITCH, "0")
+    here, _ = run_cli(tmp_path, "here")
+    out, _ = run_cli(tmp_path, "split", "--no-plots")
+    subprocess.run([sys.executable, "-c", FORKED_DRAW, str(out), copy], check=True)
+    names = sorted(p.name for p in (here / "plots").iterdir())
+    assert len(names) > 1 and names == sorted(p.name for p in (out / "plots").iterdir())
 
 
 def _spy(init, calls: list):

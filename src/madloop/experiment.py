@@ -14,14 +14,13 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from madloop.config import Arm, ConfigError, ExperimentConfig, make_regime, parse
 from madloop.engines import build_engine, real_source
@@ -33,22 +32,67 @@ from madloop.storage import write_atomic, write_json, write_parquet
 from madloop.storage.environment import git_commit, versions
 from madloop.storage.layout import CACHE, CHECKPOINTS, MANIFEST, METRICS, PROVENANCE, SUMMARY
 from madloop.storage.lock import DirectoryLock, DirectoryLocked
-from madloop.tables import RecordColumns, long_table, summarize
-from madloop.theory import predictions_frame
+from madloop.tables import RecordColumns, Strings, Table, long_columns, summarize, summarize_table
+from madloop.theory import predictions_frame, predictions_table
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 # -- running --------------------------------------------------------------------------------------
-@dataclass
+class FrameField:
+    """A :class:`RunResult` table: held as given (a DataFrame, or a :class:`madloop.tables.Table`
+    as a run builds it) and read as a DataFrame, made on first read (a command that only writes
+    the tables never imports pandas)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = "_" + name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        value = getattr(obj, self.slot)
+        if isinstance(value, Table):
+            value = value.frame()
+            setattr(obj, self.slot, value)
+        return value
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        setattr(obj, self.slot, value)
+
+
 class RunResult:
     """The tables of a run. ``metrics``: long table (arm, generation, replicate, metric, value);
-    ``summary``: per arm, generation and metric; ``provenance``: training-set make-up."""
+    ``summary``: per arm, generation and metric; ``provenance``: training-set make-up (each a
+    pandas DataFrame)."""
 
-    config: ExperimentConfig | None  # None: reopened by :func:`load` where it does not validate
-    metrics: pd.DataFrame
-    summary: pd.DataFrame
-    provenance: pd.DataFrame
-    manifest: dict[str, Any] = field(default_factory=dict)
-    out: Path | None = None
+    metrics = FrameField()
+    summary = FrameField()
+    provenance = FrameField()
+
+    def __init__(
+        self,
+        config: ExperimentConfig | None,  # None: reopened by :func:`load`, not validating here
+        metrics: pd.DataFrame | Table,
+        summary: pd.DataFrame | Table,
+        provenance: pd.DataFrame | Table,
+        manifest: dict[str, Any] | None = None,
+        out: Path | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics, self.summary, self.provenance = metrics, summary, provenance
+        self.manifest = {} if manifest is None else manifest
+        self.out = out
+
+    def __repr__(self) -> str:
+        name = self.manifest.get("name") or getattr(self.config, "name", None)
+        return f"RunResult(name={name!r}, out={str(self.out) if self.out else None!r})"
+
+    def table(self, name: str) -> Table:
+        """``metrics``, ``summary`` or ``provenance`` as a :class:`madloop.tables.Table` (what
+        the run directory is written from)."""
+        value = getattr(self, "_" + name)
+        return value if isinstance(value, Table) else Table.of_frame(value)
 
     def write_plots(
         self,
@@ -109,6 +153,8 @@ def summary_html(summary: pd.DataFrame, name: str) -> str:
     """A compact HTML table of a summary's last generation per arm (see ``_repr_html_``)."""
     import html
 
+    import pandas as pd
+
     if summary.empty:
         return f"<p><b>{html.escape(name)}</b>: no metrics</p>"
     trained = summary[summary["generation"] > 0]
@@ -137,6 +183,8 @@ def summary_html(summary: pd.DataFrame, name: str) -> str:
 def load(run_dir: str | os.PathLike) -> RunResult:
     """Reopen a run directory as a :class:`RunResult` (its tables, manifest and config), e.g.
     ``madloop.load("runs/mad-gaussian").plot("trace_ratio")`` in a notebook."""
+    import pandas as pd
+
     from madloop.storage import RunDir
 
     run_dir = Path(run_dir)
@@ -159,7 +207,16 @@ def load(run_dir: str | os.PathLike) -> RunResult:
 def theory_frame(arms: list[Arm]) -> pd.DataFrame:
     """Closed-form expectations per arm (label), generation and metric, from every registered
     predictor that applies (:mod:`madloop.theory`; the web pool registers its own)."""
-    return predictions_frame(
+    return predictions_frame(theory_inputs(arms))
+
+
+def theory_table(arms: list[Arm]) -> Table:
+    """:func:`theory_frame` as a :class:`madloop.tables.Table`."""
+    return predictions_table(theory_inputs(arms))
+
+
+def theory_inputs(arms: list[Arm]) -> Iterable[tuple[str, Any, Any, Any]]:
+    return (
         (arm.name, arm.config, lambda c=arm.config: real_source(c), make_regime(arm.config.loop))
         for arm in arms
     )
@@ -287,10 +344,12 @@ def _run_arms(
     return assemble_result(base, arms, frames, prov, modes, timings, started, extra)
 
 
-def floor_table(label: str, floor: dict[str, Any], columns: RecordColumns) -> pd.DataFrame:
+def floor_table(label: str, floor: dict[str, Any], columns: RecordColumns) -> Table:
     """The generation-0 rows of one label (:mod:`madloop.floor`), its metrics in its order."""
     names = [n for n in columns.values if n in floor]
-    return long_table(label, [SimpleNamespace(generation=0, metrics={n: floor[n] for n in names})])
+    return long_columns(
+        label, [SimpleNamespace(generation=0, metrics={n: floor[n] for n in names})]
+    )
 
 
 def bias_texts(arms: list[Arm]) -> dict[str, str]:
@@ -311,18 +370,18 @@ def bias_texts(arms: list[Arm]) -> dict[str, str]:
 def assemble_result(
     base: ExperimentConfig,
     arms: list[Arm],
-    frames: list[pd.DataFrame],
-    prov: list[pd.DataFrame],
+    frames: list[Table | pd.DataFrame],
+    prov: list[Table | pd.DataFrame],
     modes: dict[str, str],
     timings: dict[str, float],
     started: float,
     extra: dict[str, Any] | None = None,
 ) -> RunResult:
     """The run's tables and manifest from each arm's records (shared by every engine)."""
-    metrics = pd.concat(frames, ignore_index=True)
-    summary = summarize(metrics, theory_frame(arms))
-    summary["bias"] = summary["arm"].map(bias_texts(arms)).astype(object)
-    provenance = pd.concat(prov, ignore_index=True)
+    metrics = Table.concat([as_table(f) for f in frames])
+    summary = with_bias(summarize_table(metrics, theory_table(arms)), bias_texts(arms))
+    provenance = Table.concat([as_table(p) for p in prov])
+    names = summary.column("metric") if summary.typed else summary.frame()["metric"].to_numpy()
     known = glossary_dict()
     manifest = {
         "name": base.name,
@@ -336,10 +395,27 @@ def assemble_result(
         "command": " ".join(sys.argv),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "timings_s": {"arms": timings, "total": round(time.time() - started, 4)},
-        "glossary": {m: known[m] for m in summary["metric"].unique() if m in known},
+        "glossary": {m: known[m] for m in dict.fromkeys(names) if m in known},
         **(extra or {}),
     }
     return RunResult(base, metrics, summary, provenance, manifest)
+
+
+def as_table(table: Table | pd.DataFrame) -> Table:
+    return table if isinstance(table, Table) else Table.of_frame(table)
+
+
+def with_bias(summary: Table, texts: dict[str, str]) -> Table:
+    """The summary with its ``bias`` column: each arm's sampling bias in both forms (an object
+    column, empty for a label without one)."""
+    if not summary.typed:
+        frame = summary.frame()
+        frame["bias"] = frame["arm"].map(texts).astype(object)
+        return Table.of_frame(frame)
+    arm = summary.columns["arm"]  # type: ignore[index]
+    assert isinstance(arm, Strings)
+    per_label = np.asarray([texts.get(a, np.nan) for a in arm.labels] or [np.nan], dtype=object)
+    return Table({**summary.columns, "bias": per_label[arm.codes]})  # type: ignore[dict-item]
 
 
 def _run_arm(
@@ -465,8 +541,8 @@ def _restore(
 def write_run(result: RunResult, out: Path) -> None:
     """The run's tables and manifest (no figures: :meth:`RunResult.write_plots` draws them)."""
     out.mkdir(parents=True, exist_ok=True)
-    write_parquet(result.metrics, out / METRICS)
-    write_atomic(out / SUMMARY, result.summary.to_csv(index=False))
-    write_atomic(out / PROVENANCE, result.provenance.to_csv(index=False))
+    write_parquet(result.table("metrics"), out / METRICS)
+    write_atomic(out / SUMMARY, result.table("summary").csv_text())
+    write_atomic(out / PROVENANCE, result.table("provenance").csv_text())
     write_json(out / MANIFEST, result.manifest)
     result.out = out

@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from madloop.config import Arm
 from madloop.engines import real_source
@@ -15,6 +14,9 @@ from madloop.pool.engine import lineage_arm
 from madloop.pool.regime import WebPool
 from madloop.theory import Predictor, predictions_frame, register_predictor
 from madloop.theory.pool import LineageLaw, pool_moments
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass
@@ -110,6 +112,7 @@ def phase_boundary(
     error is larger. ``critical_tpr`` is 0 where no detector is needed and NaN where even a
     perfect detector is not enough. Also gives the stationary closed form
     (:func:`madloop.theory.pool.critical_tpr`) for comparison."""
+    import pandas as pd
     from scipy import optimize
 
     from madloop.theory.pool import critical_tpr

@@ -11,17 +11,21 @@ from __future__ import annotations
 import io
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter, NullLocator
 
 from madloop.glossary import GLOSSARY, METRICS
 from madloop.storage import RunDir, atomic_path
+from madloop.tables import Table, read_csv_table
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 LOG_SCALE = {"trace_ratio", "mean_error_sq", "kl_divergence", "wasserstein2"}
 #: axis labels, from the glossary (one home for what a metric means)
@@ -53,45 +57,48 @@ def figure_png(fig: Figure, dpi: int = 100) -> bytes:
     return buf.getvalue()
 
 
-def plot_metric(summary: pd.DataFrame, metric: str, ax: Axes) -> Axes:
-    """One metric of a summary table on ``ax``: per arm the mean (line), the 95% interval of the
-    mean (``ci_low``..``ci_high``, darker band), the 5-95% of chains (``q05``..``q95``, lighter
-    band), theory dashed, and the real-data floor (generation 0) dotted; the legend names each
-    style once. Returns ``ax``."""
-    rows = summary[summary["metric"] == metric]
+def plot_metric(summary: pd.DataFrame | Table, metric: str, ax: Axes) -> Axes:
+    """One metric of a summary table (a DataFrame or a :class:`madloop.tables.Table`) on
+    ``ax``: per arm the mean (line), the 95% interval of the mean (``ci_low``..``ci_high``,
+    darker band), the 5-95% of chains (``q05``..``q95``, lighter band), theory dashed, and the
+    real-data floor (generation 0) dotted; the legend names each style once. Returns ``ax``."""
+    cols = summary_columns(summary)
+    rows = np.flatnonzero(cols["metric"] == metric)
     styles: set[str] = set()
-    for i, (arm, g) in enumerate(rows.groupby("arm", sort=False)):
-        g = g.sort_values("generation")
-        floor = g[g["generation"] == 0]
-        g = g[g["generation"] > 0]
+    arms = cols["arm"][rows]
+    for i, arm in enumerate(dict.fromkeys(arms)):
+        mine = rows[arms == arm]
+        mine = mine[np.argsort(cols["generation"][mine], kind="stable")]
+        gens = cols["generation"][mine]
+        floor, mine = mine[gens == 0], mine[gens > 0]
         color = f"C{i % 10}"
-        x = g["generation"].to_numpy()
-        ax.plot(x, g["mean"], color=color, label=f"{arm}", lw=1.6)
+        x = cols["generation"][mine]
+        ax.plot(x, cols["mean"][mine], color=color, label=f"{arm}", lw=1.6)
         for lo_col, hi_col, alpha, style in (
             ("q05", "q95", SPREAD_ALPHA, "spread"),
             ("ci_low", "ci_high", CI_ALPHA, "ci"),
         ):
-            if lo_col not in g:  # a summary written before the interval columns
+            if lo_col not in cols:  # a summary written before the interval columns
                 continue
-            lo, hi = g[lo_col].to_numpy(float), g[hi_col].to_numpy(float)
+            lo, hi = cols[lo_col][mine], cols[hi_col][mine]
             ok = np.isfinite(lo) & np.isfinite(hi)
             if ok.any():
                 ax.fill_between(x[ok], lo[ok], hi[ok], color=color, alpha=alpha, lw=0)
                 styles.add(style)
-        if "theory" in g and np.isfinite(g["theory"].to_numpy(float)).any():
-            ax.plot(x, g["theory"], color=color, ls="--", lw=1.2)
+        if "theory" in cols and np.isfinite(cols["theory"][mine]).any():
+            ax.plot(x, cols["theory"][mine], color=color, ls="--", lw=1.2)
             styles.add("theory")
-        if len(floor) and np.isfinite(float(floor["mean"].iloc[0])):
-            ax.axhline(float(floor["mean"].iloc[0]), color=color, ls=":", lw=1.3)
+        if floor.size and np.isfinite(cols["mean"][floor[0]]):
+            ax.axhline(float(cols["mean"][floor[0]]), color=color, ls=":", lw=1.3)
             styles.add("floor")
-    positive = rows[["mean", "q05"]].to_numpy(float)
+    positive = np.concatenate([cols["mean"][rows], cols["q05"][rows]])
     if metric in LOG_SCALE and np.all(positive[np.isfinite(positive)] > 0):
         ax.set_yscale("log")
         # plain numbers (0.6, 2, 1e-05), not mathtext: as readable, and typesetting every
         # minor label was most of the time of drawing a log-scale figure
         ax.yaxis.set_major_formatter(PlainLogFormatter(labelOnlyBase=False))
         ax.yaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
-        shown = rows[["q05", "q95", "mean"]].to_numpy(float)
+        shown = np.concatenate([cols[c][rows] for c in ("q05", "q95", "mean")])
         shown = shown[np.isfinite(shown) & (shown > 0)]
         if shown.size and np.log10(shown.max() / shown.min()) > 2:
             # over more than two decades the minor ticks get no labels, only marks, and each
@@ -102,6 +109,30 @@ def plot_metric(summary: pd.DataFrame, metric: str, ax: Axes) -> Axes:
     ax.set_ylabel(LABELS.get(metric, metric))
     ax.grid(alpha=0.3)
     return ax
+
+
+#: the summary columns a figure reads, with their types
+_NUMERIC = ("mean", "q05", "q95", "ci_low", "ci_high", "theory")
+
+
+def summary_columns(summary: pd.DataFrame | Table) -> dict[str, np.ndarray]:
+    """The columns a figure reads, as numpy arrays (floats for the statistics)."""
+    if isinstance(summary, Table):
+        names, get = summary.names, summary.column
+    else:
+        names, get = list(summary.columns), lambda c: summary[c].to_numpy()
+    cols = {c: get(c) for c in ("arm", "metric", "generation") if c in names}
+    cols["generation"] = np.asarray(cols["generation"], dtype=np.int64)
+    for c in _NUMERIC:
+        if c in names:
+            cols[c] = np.asarray(get(c), dtype=float)
+    return cols
+
+
+def summary_metrics(summary: pd.DataFrame | Table) -> list[str]:
+    """The summary's metrics, in the order they first appear."""
+    metric = summary.column("metric") if isinstance(summary, Table) else summary["metric"]
+    return list(dict.fromkeys(metric))
 
 
 def _style_legend(ax: Axes, styles: set[str]) -> None:
@@ -124,7 +155,7 @@ def metric_title(metric: str) -> str:
     return f"{metric} ({m.better} is better)" if m is not None else metric
 
 
-def metric_figure(summary: pd.DataFrame, metric: str) -> Figure:
+def metric_figure(summary: pd.DataFrame | Table, metric: str) -> Figure:
     """The figure of one metric as it is written to a run's ``plots/{metric}.png``."""
     fig = Figure(figsize=(6.4, 4.0), dpi=110)
     ax = fig.add_subplot()
@@ -138,14 +169,20 @@ def metric_figure(summary: pd.DataFrame, metric: str) -> Figure:
     return fig
 
 
-def plot_metrics(summary: pd.DataFrame, out: str | os.PathLike, fmt: str = "png") -> list[Path]:
-    """One figure per metric under ``out``, as ``fmt`` (png, svg or pdf); returns the paths."""
+def plot_metrics(
+    summary: pd.DataFrame | Table,
+    out: str | os.PathLike,
+    fmt: str = "png",
+    metrics: Sequence[str] | None = None,
+) -> list[Path]:
+    """One figure per metric (``metrics``, default every metric of the summary) under ``out``,
+    as ``fmt`` (png, svg or pdf); returns the paths."""
     check_format(fmt)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     return [
         save_figure(metric_figure(summary, metric), out / f"{metric}.{fmt}")
-        for metric in summary["metric"].unique()
+        for metric in (summary_metrics(summary) if metrics is None else metrics)
     ]
 
 
@@ -164,10 +201,20 @@ def write_run_plots(
     Returns ``{"plots": seconds}``, for the manifest's ``timings_s``.
     """
     check_format(fmt)
-    run = RunDir(run_dir)
     t0 = time.perf_counter()
-    summary = run.read_summary()
-    plot_metrics(summary, run.plots)
-    if figures is not None:
-        plot_metrics(summary, figures, fmt)
+    summary = read_csv_table(RunDir(run_dir).summary)
+    draw_run_figures(summary, run_dir, figures, fmt)
     return {"plots": round(time.perf_counter() - t0, 4)}
+
+
+def draw_run_figures(
+    summary: pd.DataFrame | Table,
+    run_dir: str | os.PathLike,
+    figures: str | os.PathLike | None = None,
+    fmt: str = "png",
+    metrics: Sequence[str] | None = None,
+) -> None:
+    """What :func:`write_run_plots` draws from ``summary``, for ``metrics`` (default all)."""
+    plot_metrics(summary, RunDir(run_dir).plots, metrics=metrics)
+    if figures is not None:
+        plot_metrics(summary, figures, fmt, metrics=metrics)

@@ -115,6 +115,12 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def write_parquet(frame: Any, path: str | os.PathLike) -> None:
-    """A DataFrame as parquet, atomically."""
+    """A DataFrame, or a table with ``arrow()`` (:class:`madloop.tables.Table`), as parquet,
+    atomically."""
     with atomic_path(path) as tmp:
-        frame.to_parquet(tmp, index=False)
+        if hasattr(frame, "arrow"):
+            import pyarrow.parquet as pq
+
+            pq.write_table(frame.arrow(), tmp)
+        else:
+            frame.to_parquet(tmp, index=False)

@@ -24,6 +24,7 @@ from madloop.theory.registry import (
     Predictor,
     arm_predictions,
     predictions_frame,
+    predictions_table,
     register_predictor,
 )
 
@@ -36,6 +37,7 @@ __all__ = [
     "discrete",
     "gaussian",
     "predictions_frame",
+    "predictions_table",
     "regression",
     "preprocess",
     "register_predictor",

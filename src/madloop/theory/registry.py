@@ -44,34 +44,46 @@ def arm_predictions(
             continue
         source = real() if source is None else source
         found = predictor.predict(arm, config, source, regime)
-        for label, metrics in (found.items() if predictor.labels else [(arm, found)]):
+        for label, metrics in found.items() if predictor.labels else [(arm, found)]:
             out.setdefault(label, {}).update(metrics)
     return out
 
 
-def predictions_frame(
-    arms: Iterable[tuple[str, Any, Any, Any]],
-) -> Any:
+def predictions_table(arms: Iterable[tuple[str, Any, Any, Any]]) -> Any:
+    """The ``theory`` table (arm, generation, metric, theory) of (name, config, real factory,
+    regime) tuples, as a :class:`madloop.tables.Table` (empty: no rows, no columns)."""
+    from madloop.tables import Strings, Table
+
+    arm_labels: dict[str, int] = {}
+    metric_labels: dict[str, int] = {}
+    arm, gen, metric, theory = [], [], [], []
+    for name, config, real, regime in arms:
+        for label, metrics in arm_predictions(name, config, real, regime).items():
+            for m, values in metrics.items():
+                values = np.asarray(values, dtype=float).reshape(-1)
+                arm.append(np.full(values.size, arm_labels.setdefault(label, len(arm_labels))))
+                gen.append(np.arange(1, values.size + 1))
+                metric.append(np.full(values.size, metric_labels.setdefault(m, len(metric_labels))))
+                theory.append(values)
+    if not theory:
+        return Table(None, names=THEORY_COLUMNS)
+    return Table(
+        {
+            "arm": Strings(list(arm_labels), np.concatenate(arm)),
+            "generation": np.concatenate(gen),
+            "metric": Strings(list(metric_labels), np.concatenate(metric)),
+            "theory": np.concatenate(theory),
+        }
+    )
+
+
+def predictions_frame(arms: Iterable[tuple[str, Any, Any, Any]]) -> Any:
     """The ``theory`` table (arm, generation, metric, theory) of (name, config, real factory,
     regime) tuples, typed even when empty so it merges into the summary cleanly."""
     import pandas as pd
 
-    rows = []
-    for name, config, real, regime in arms:
-        for label, metrics in arm_predictions(name, config, real, regime).items():
-            for metric, values in metrics.items():
-                values = np.asarray(values, dtype=float)
-                rows.append(
-                    pd.DataFrame(
-                        {
-                            "arm": label,
-                            "generation": np.arange(1, values.size + 1),
-                            "metric": metric,
-                            "theory": values,
-                        }
-                    )
-                )
-    if not rows:
+    table = predictions_table(arms)
+    if len(table) == 0:
         return pd.DataFrame(
             {
                 "arm": pd.Series(dtype=object),
@@ -80,4 +92,4 @@ def predictions_frame(
                 "theory": pd.Series(dtype=float),
             }
         )
-    return pd.concat(rows, ignore_index=True)
+    return table.frame()
