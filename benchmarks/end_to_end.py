@@ -165,8 +165,8 @@ def breakdown(config: Path, out: Path) -> dict[str, float]:
     )
     from madloop.config import parse
     from madloop.engines import build_engine
-    from madloop.experiment import RunResult, assemble_result, theory_frame, write_run
-    from madloop.tables import long_table, summarize
+    from madloop.experiment import RunResult, assemble_result, theory_table, write_run
+    from madloop.tables import long_columns, rows_table, summarize_table
 
     _, arms = parse(config)
     arm = arms[0]
@@ -188,11 +188,11 @@ def breakdown(config: Path, out: Path) -> dict[str, float]:
     records = steps()
     t["metrics"] = time.perf_counter() - t0 - t["loop"]
     t0 = time.perf_counter()
-    frame = long_table(arm.name, records)
+    frame = long_columns(arm.name, records)
     t["tables"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    theory = theory_frame(arms)
-    summarize(frame, theory)
+    theory = theory_table(arms)
+    summarize_table(frame, theory)
     t["summary"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     madloop.run(config)
@@ -200,7 +200,7 @@ def breakdown(config: Path, out: Path) -> dict[str, float]:
     t0 = time.perf_counter()
     madloop.run(config, out=out / "checkpointed")  # the tables written, checkpoints by default
     t["ckpt+write"] = max(time.perf_counter() - t0 - bare, 0.0)
-    result = assemble_result(arms[0].config, arms, [frame], [frame.iloc[:0]], {}, {}, time.time())
+    result = assemble_result(arms[0].config, arms, [frame], [rows_table([])], {}, {}, time.time())
     write_run(result, out)
     t0 = time.perf_counter()
     RunResult.write_plots(result)
