@@ -155,7 +155,9 @@ class Table:
 
 
 def arrow_column(col: Column) -> pa.Array:
-    """One column as a pyarrow array, from numpy buffers (see :meth:`Table.arrow`)."""
+    """One column as a pyarrow array, from numpy buffers (see :meth:`Table.arrow`): neither
+    ``pa.array`` (it imports pandas to inspect its input) nor a compute kernel (``take`` and
+    ``cast`` load ``pyarrow.compute``, 40 ms)."""
     import pyarrow as pa
 
     if not isinstance(col, Strings) and col.dtype == object:  # e.g. text with gaps (NaN, None)
@@ -163,26 +165,11 @@ def arrow_column(col: Column) -> pa.Array:
         texts = ["" if g else str(v) for v, g in zip(col, gap, strict=True)]
         labels = list(dict.fromkeys(texts))
         index = {x: i for i, x in enumerate(labels)}
-        strings = arrow_column(Strings(labels, np.asarray([index[x] for x in texts], np.int64)))
-        if gap.any():
-            valid = pa.py_buffer(np.packbits(~gap, bitorder="little"))
-            buffers = [valid, *strings.buffers()[1:]]
-            strings = pa.Array.from_buffers(
-                pa.large_string(), len(col), buffers, null_count=int(gap.sum())
-            )
-        return strings.cast(pa.string())  # what pandas makes of an object column of text
+        codes = np.asarray([index[x] for x in texts], np.int64)
+        # pandas makes an object column of text a (32-bit offset) string column
+        return string_array(Strings(labels, codes), pa.string(), np.int32, gap)
     if isinstance(col, Strings):
-        encoded = [label.encode() for label in col.labels]
-        offsets = np.concatenate([[0], np.cumsum([len(e) for e in encoded])]).astype(np.int64)
-        labels = pa.Array.from_buffers(
-            pa.large_string(),
-            len(encoded),
-            [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))],
-        )
-        codes = np.ascontiguousarray(col.codes, dtype=np.int64)
-        return labels.take(
-            pa.Array.from_buffers(pa.int64(), codes.size, [None, pa.py_buffer(codes)])
-        )
+        return string_array(col, pa.large_string(), np.int64)
     if col.dtype == bool:
         bits = pa.py_buffer(np.packbits(col, bitorder="little"))
         return pa.Array.from_buffers(pa.bool_(), col.size, [None, bits])
@@ -190,6 +177,31 @@ def arrow_column(col: Column) -> pa.Array:
     return pa.Array.from_buffers(
         pa.from_numpy_dtype(values.dtype), values.size, [None, pa.py_buffer(values)]
     )
+
+
+def string_array(
+    col: Strings, kind: pa.DataType, offset: type, gap: np.ndarray | None = None
+) -> pa.Array:
+    """``labels[codes]`` as an arrow string array of ``kind`` (its offsets of type
+    ``offset``), the bytes gathered by numpy; ``gap`` marks the nulls."""
+    import pyarrow as pa
+
+    encoded = [label.encode() for label in col.labels]
+    sizes = np.asarray([len(e) for e in encoded], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    text = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+    row_sizes = sizes[col.codes] if col.labels else np.zeros(col.codes.size, np.int64)
+    if gap is not None:
+        row_sizes = np.where(gap, 0, row_sizes)
+    offsets = np.concatenate([[0], np.cumsum(row_sizes)]).astype(offset)
+    begin = starts[col.codes] if col.labels else row_sizes
+    at = np.repeat(begin - offsets[:-1].astype(np.int64), row_sizes) + np.arange(offsets[-1])
+    valid = None
+    nulls = 0
+    if gap is not None and gap.any():
+        valid, nulls = pa.py_buffer(np.packbits(~gap, bitorder="little")), int(gap.sum())
+    buffers = [valid, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(text[at]))]
+    return pa.Array.from_buffers(kind, col.codes.size, buffers, null_count=nulls)
 
 
 def frame_column(col: Column) -> Any:
