@@ -180,12 +180,11 @@ STATISTICS = ("mean", "std_error", "median", "q05", "q95", "n")
 def group_statistics(codes: np.ndarray, values: np.ndarray, groups: int) -> dict[str, np.ndarray]:
     """Per group (``codes`` 0..groups-1, -1 for a row without a group) the statistics of
     :func:`summarize`, NaN values left out: the mean, the standard error, the median, the 5% and
-    95% quantiles and the count ``n``. The mean sums each group's values in row order with
-    ``np.add.reduceat`` (pandas 3.1's own way for groups in one piece without NaN; it sums other
-    layouts with Kahan compensation, a last-bit difference at most); the rest as pandas computes
-    them per group (the two middle values for the median, a two-pass variance in row order,
-    ``np.percentile``), but over a (groups x values) block per group size, in a fraction of the
-    time."""
+    95% quantiles and the count ``n``. Each as pandas computes it: the mean as its grouped mean
+    does (one ``np.add.reduceat`` for groups in one piece without NaN, else a compensated sum in
+    row order), the rest as a Series does per group (the two middle values for the median, a
+    two-pass variance in row order, ``np.percentile``), but over a (groups x values) block per
+    group size, so the bits are pandas' (tested) in a fraction of the time."""
     keep = np.flatnonzero(codes >= 0)
     order = keep[np.argsort(codes[keep], kind="stable")]  # row order within each group
     sizes = np.bincount(codes[order], minlength=groups)
@@ -193,15 +192,13 @@ def group_statistics(codes: np.ndarray, values: np.ndarray, groups: int) -> dict
     ordered = values[order]
     out = {name: np.full(groups, np.nan) for name in STATISTICS}
     out["n"] = np.zeros(groups, dtype=np.int64)
-    # the mean: each group's non-NaN values summed in row order by one ``np.add.reduceat``
-    # (what pandas 3.1 does for groups that lie together without NaN, the usual run layout)
-    present = ~np.isnan(ordered)
-    counts = np.bincount(codes[order][present], minlength=groups)
-    some = np.flatnonzero(counts)
-    if some.size:
-        offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    # the mean as pandas (3.1) takes it: groups in one piece in code order and no NaN anywhere
+    # (a run's layout) by one ``np.add.reduceat``, otherwise a compensated sum per group below
+    in_one_piece = not np.isnan(values).any() and bool(np.all(np.diff(codes) >= 0))
+    if in_one_piece and sizes.any():
+        some = np.flatnonzero(sizes)
         with np.errstate(invalid="ignore", over="ignore"):
-            out["mean"][some] = np.add.reduceat(ordered[present], offsets[some]) / counts[some]
+            out["mean"][some] = np.add.reduceat(ordered, starts[some]) / sizes[some]
     with np.errstate(invalid="ignore", over="ignore"):
         for m in np.unique(sizes[sizes > 0]):
             rows = np.flatnonzero(sizes == m)
@@ -209,6 +206,8 @@ def group_statistics(codes: np.ndarray, values: np.ndarray, groups: int) -> dict
             missing = np.isnan(block)
             count = m - missing.sum(axis=1)
             out["n"][rows] = count
+            if not in_one_piece:
+                out["mean"][rows] = compensated_mean(block, missing, count)
             two = count > 1
             if two.any():
                 x, miss, c = block[two], missing[two], count[two].astype(float)
@@ -228,3 +227,20 @@ def group_statistics(codes: np.ndarray, values: np.ndarray, groups: int) -> dict
                 mid = ranked[sel, c // 2]
                 out["median"][at] = mid if c % 2 else (mid + ranked[sel, c // 2 - 1]) / 2
     return out
+
+
+def compensated_mean(block: np.ndarray, missing: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Each row's mean of its non-NaN values as pandas' grouped mean (its Cython kernel) sums
+    them: left to right with Kahan compensation (reset where an infinity makes it NaN), over
+    the count."""
+    total = np.zeros(block.shape[0])
+    comp = np.zeros(block.shape[0])
+    for j in range(block.shape[1]):
+        y = block[:, j] - comp
+        t = total + y
+        c = (t - total) - y
+        c[c != c] = 0.0
+        ok = ~missing[:, j]
+        np.copyto(comp, c, where=ok)
+        np.copyto(total, t, where=ok)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
