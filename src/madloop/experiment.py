@@ -216,6 +216,7 @@ def theory_table(arms: list[Arm]) -> Table:
 
 
 def theory_inputs(arms: list[Arm]) -> Iterable[tuple[str, Any, Any, Any]]:
+    """What the predictors read of each arm: (name, config, real-source factory, regime)."""
     return (
         (arm.name, arm.config, lambda c=arm.config: real_source(c), make_regime(arm.config.loop))
         for arm in arms
@@ -402,6 +403,7 @@ def assemble_result(
 
 
 def as_table(table: Table | pd.DataFrame) -> Table:
+    """A DataFrame (an engine's own table) as a :class:`madloop.tables.Table`; a Table as is."""
     return table if isinstance(table, Table) else Table.of_frame(table)
 
 
