@@ -28,6 +28,13 @@ class Strings:
         self.codes = np.asarray(codes, dtype=np.int64)
 
     @classmethod
+    def of(cls, values: Sequence[str]) -> Strings:
+        """``values`` as labels (in the order they first appear) and codes."""
+        index: dict[str, int] = {}
+        codes = [index.setdefault(v, len(index)) for v in values]
+        return cls(list(index), np.asarray(codes, dtype=np.int64))
+
+    @classmethod
     def repeat(cls, label: str, n: int) -> Strings:
         return cls([label], np.zeros(n, dtype=np.int64))
 
@@ -111,16 +118,14 @@ class Table:
         if len(parts) == 1:
             return parts[0]
         first = parts[0]
-        alike = all(p.typed and p.names == first.names for p in parts) and all(
-            isinstance(p.columns[n], Strings) == isinstance(first.columns[n], Strings)  # type: ignore[index]
-            and (
-                isinstance(first.columns[n], Strings)  # type: ignore[index]
-                or p.columns[n].dtype == first.columns[n].dtype  # type: ignore[index, union-attr]
-            )
-            for p in parts
-            for n in first.names
-        )
-        if not alike:
+
+        def kinds(table: Table) -> list[Any]:
+            return [
+                "strings" if isinstance(c, Strings) else c.dtype
+                for c in (table.columns or {}).values()
+            ]
+
+        if not all(p.typed and p.names == first.names and kinds(p) == kinds(first) for p in parts):
             return cls(None, names=first.names, parts=parts)
         columns: dict[str, Column] = {}
         for n in first.names:
@@ -161,13 +166,10 @@ def arrow_column(col: Column) -> pa.Array:
     import pyarrow as pa
 
     if not isinstance(col, Strings) and col.dtype == object:  # e.g. text with gaps (NaN, None)
-        gap = np.asarray([v is None or (isinstance(v, float) and v != v) for v in col], bool)
-        texts = ["" if g else str(v) for v, g in zip(col, gap, strict=True)]
-        labels = list(dict.fromkeys(texts))
-        index = {x: i for i, x in enumerate(labels)}
-        codes = np.asarray([index[x] for x in texts], np.int64)
+        gap = np.asarray([is_gap(v) for v in col], dtype=bool)
+        texts = Strings.of(["" if g else str(v) for v, g in zip(col, gap, strict=True)])
         # pandas makes an object column of text a (32-bit offset) string column
-        return string_array(Strings(labels, codes), pa.string(), np.int32, gap)
+        return string_array(texts, pa.string(), np.int32, gap)
     if isinstance(col, Strings):
         return string_array(col, pa.large_string(), np.int64)
     if col.dtype == bool:
@@ -226,7 +228,12 @@ def csv_strings(col: Column) -> Sequence[str]:
         return cells
     if col.dtype.kind in "iub":
         return col.astype(str)
-    return ["" if v is None or (isinstance(v, float) and v != v) else str(v) for v in col]
+    return ["" if is_gap(v) else str(v) for v in col]
+
+
+def is_gap(value: Any) -> bool:
+    """A missing cell of an object column: None or NaN (written empty, stored as null)."""
+    return value is None or (isinstance(value, float) and value != value)
 
 
 def read_csv_table(path: str | os.PathLike) -> Table:
@@ -248,9 +255,7 @@ def _typed_cells(cells: list[str]) -> Column:
     try:
         return np.asarray([c if c else "nan" for c in cells], dtype=float)
     except ValueError:
-        labels = list(dict.fromkeys(cells))
-        index = {x: i for i, x in enumerate(labels)}
-        return Strings(labels, np.asarray([index[c] for c in cells], dtype=np.int64))
+        return Strings.of(cells)
 
 
 def rows_table(rows: Sequence[Mapping[str, Any]]) -> Table:
@@ -267,9 +272,7 @@ def rows_table(rows: Sequence[Mapping[str, Any]]) -> Table:
         values = [r[name] for r in rows]
         kinds = {_kind(v) for v in values}
         if kinds == {"str"}:
-            labels = list(dict.fromkeys(values))
-            index = {x: i for i, x in enumerate(labels)}
-            columns[name] = Strings(labels, np.asarray([index[v] for v in values]))
+            columns[name] = Strings.of(values)
         elif kinds <= {"int", "float"} and kinds:
             columns[name] = np.asarray(values, dtype=float if "float" in kinds else np.int64)
         elif kinds == {"bool"}:

@@ -54,10 +54,9 @@ def provenance_table(
     ``provenance`` maps (source, origin generation) -> counts (R,); ``sources`` names the source
     codes (default: real / synthetic). Extra key parts after the origin are columns named by
     the record's ``provenance_columns``."""
-    import pandas as pd
 
     names = SOURCE_NAMES if sources is None else sources
-    return pd.DataFrame([row for rec in records for row in provenance_rows(arm, rec, names)])
+    return rows_table([row for rec in records for row in provenance_rows(arm, rec, names)]).frame()
 
 
 def provenance_rows(arm: str, rec: Any, names: dict[int, str]) -> list[dict[str, Any]]:
