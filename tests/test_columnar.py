@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from pandas.testing import assert_frame_equal
@@ -22,6 +23,7 @@ from madloop.tables import (
     summarize,
     summarize_table,
 )
+from madloop.tables.columns import string_array
 from test_imports import loaded_after
 
 AWKWARD_FLOATS = [0.0, -0.0, 1.0, 0.1, 1e-5, 1e-300, 5e-324, 1e16, 1e300, 123456789.125,
@@ -59,6 +61,27 @@ def test_parquet_reads_back_as_the_frame(tmp_path) -> None:
     assert (
         pq.read_schema(tmp_path / "t.parquet").types == pq.read_schema(tmp_path / "p.parquet").types
     )
+
+
+STRING_CASES = {
+    "runs": (["mean", "λ = 0.5", ""], np.repeat([0, 1, 2, 0, 1], [4, 1, 3, 2, 5]), None),
+    "scattered, with gaps": (AWKWARD_TEXT, np.arange(40) * 3 % 7, np.arange(40) % 3 == 0),
+    "gaps only": ([], np.zeros(3, dtype=np.int64), np.ones(3, dtype=bool)),
+    "no rows": (["a"], np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)),
+    "one empty label": ([""], np.zeros(4, dtype=np.int64), None),
+}
+
+
+@pytest.mark.parametrize("case", list(STRING_CASES))
+@pytest.mark.parametrize("offset", [np.int32, np.int64])
+def test_string_array_is_the_arrow_array_of_the_labels(case: str, offset: type) -> None:
+    labels, codes, gap = STRING_CASES[case]
+    kind = pa.string() if offset is np.int32 else pa.large_string()
+    got = string_array(Strings(labels, codes), kind, offset, gap)
+    got.validate(full=True)
+    null = np.zeros(codes.size, dtype=bool) if gap is None else gap
+    want = pa.array([None if g else labels[c] for c, g in zip(codes, null, strict=True)], kind)
+    assert got.equals(want)
 
 
 def test_rows_table_types_like_pandas_and_falls_back_to_it() -> None:

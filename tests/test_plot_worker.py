@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from madloop.cli import app
+from madloop.metrics.gaussian import GAUSSIAN_METRICS
 from madloop.report import plot_worker
 from madloop.report.plot_worker import PlotWorker, PlotWorkerFailed
 from madloop.storage import read_json
@@ -54,6 +55,35 @@ def test_the_worker_draws_what_an_in_process_draw_draws(tmp_path, monkeypatch) -
     assert names == sorted(p.name for p in (there / "plots").iterdir()) and names
     assert sorted(p.stem for p in (tmp_path / "paper").iterdir()) == [Path(n).stem for n in names]
     assert read_json(there / "manifest.json")["timings_s"]["plots"] > 0
+
+
+def test_the_worker_starts_as_soon_as_the_summary_is_written(tmp_path, monkeypatch) -> None:
+    """The command hands the worker its job before the metric table is written (the figures
+    need only the summary), and collects that job's answer instead of drawing twice."""
+    monkeypatch.setenv(plot_worker.ENV_SWITCH, "1")
+    seen = []
+
+    def submit(self, run_dir, figures, fmt):
+        seen.append(sorted(p.name for p in Path(run_dir).glob("[!.]*") if p.is_file()))
+        submit.real(self, run_dir, figures, fmt)
+
+    submit.real = PlotWorker.submit
+    monkeypatch.setattr(PlotWorker, "submit", submit)
+    out, res = run_cli(tmp_path, "early")
+    assert "drawing here instead" not in res.output
+    assert seen[0] == ["summary.csv"]  # not yet metrics.parquet, provenance.csv, manifest.json
+    assert len(seen) == 2  # draw() submits again: the same job, so the worker is not re-asked
+    assert read_json(out / "manifest.json")["timings_s"]["plots"] > 0
+    assert sorted(p.stem for p in (out / "plots").iterdir()) == sorted(GAUSSIAN_METRICS)
+
+
+def test_a_worker_handed_one_job_refuses_another(tmp_path) -> None:
+    out, _ = run_cli(tmp_path, "one", "--no-plots")
+    worker = PlotWorker()
+    worker.submit(out, None, "png")
+    with pytest.raises(PlotWorkerFailed, match="another job"):
+        worker.draw(tmp_path / "two", None, "png")
+    assert worker.proc is None  # ended, so the command draws in its own process
 
 
 def test_no_worker_starts_without_plots(tmp_path, monkeypatch) -> None:

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from blas import bit_for_bit
 from madloop.config import ConfigError, resolve_arms, validate
 from madloop.config.preprocess import PreprocessStep
 from madloop.engines import build_engine
@@ -371,6 +372,7 @@ def reference_config(mode: str, family: str) -> dict:
     return cfg
 
 
+@bit_for_bit
 @pytest.mark.parametrize(("mode", "family"), list(REFERENCE))
 def test_no_steps_gives_the_numbers_of_before_bit_for_bit(mode, family):
     m = run(reference_config(mode, family)).metrics

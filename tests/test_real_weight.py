@@ -25,6 +25,7 @@ from scipy import stats as sps
 from scipy.optimize import minimize_scalar
 from typer.testing import CliRunner
 
+from blas import bit_for_bit
 from madloop.cli import app
 from madloop.config import ConfigError, parse
 from madloop.experiment import run
@@ -322,6 +323,7 @@ UNWEIGHTED_VALUES = {
 }
 
 
+@bit_for_bit
 @pytest.mark.parametrize("key", sorted(UNWEIGHTED))
 def test_unset_real_weight_is_bit_identical_to_the_unweighted_code(key):
     regime, mode, estimator = key

@@ -244,6 +244,7 @@ def run_cmd(
                     keep_checkpoints=keep_checkpoints,
                     checkpoint_every=checkpoint_every,
                     log=note,
+                    on_summary=worker.submit_with(figures, fmt) if worker else None,
                 )
             except ConfigError as e:
                 fail(e.problems)

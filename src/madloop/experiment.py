@@ -242,6 +242,7 @@ def run(
     checkpoint_every: int | None = None,
     log: Log | None = None,
     checkpoints: str | os.PathLike | None = None,
+    on_summary: Callable[[Path], None] | None = None,
 ) -> RunResult:
     """Run every arm of an experiment; return its tables, and write them to ``out`` if given.
 
@@ -258,6 +259,8 @@ def run(
     checkpoints; ``None`` starts afresh, removing them. ``log`` receives notes (resumes,
     rejected checkpoints, stopped chains). ``checkpoints`` (without ``out``) checkpoints into
     that folder without writing a run directory: a sweep task's, which resumes mid-task.
+    ``on_summary(out)`` is called once ``out/summary.csv`` is written, before the metric table
+    and the manifest (the CLI's drawing process starts on the figures then).
     """
     from madloop.checkpoint import run_has_checkpoints
 
@@ -292,7 +295,7 @@ def run(
             base, arms, dirs, started, resume, keep_checkpoints, checkpoint_every, progress, log
         )
         if out is not None:
-            write_run(result, Path(out))
+            write_run(result, Path(out), on_summary=on_summary)
     return result
 
 
@@ -540,11 +543,16 @@ def _restore(
     return restored.records
 
 
-def write_run(result: RunResult, out: Path) -> None:
-    """The run's tables and manifest (no figures: :meth:`RunResult.write_plots` draws them)."""
+def write_run(
+    result: RunResult, out: Path, *, on_summary: Callable[[Path], None] | None = None
+) -> None:
+    """The run's tables and manifest (no figures: :meth:`RunResult.write_plots` draws them);
+    the summary first, then ``on_summary(out)``: the figures need nothing else."""
     out.mkdir(parents=True, exist_ok=True)
-    write_parquet(result.table("metrics"), out / METRICS)
     write_atomic(out / SUMMARY, result.table("summary").csv_text())
+    if on_summary is not None:
+        on_summary(out)
+    write_parquet(result.table("metrics"), out / METRICS)
     write_atomic(out / PROVENANCE, result.table("provenance").csv_text())
     write_json(out / MANIFEST, result.manifest)
     result.out = out

@@ -20,7 +20,6 @@ one process per test).
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import os
 import subprocess
@@ -41,8 +40,20 @@ def enabled() -> bool:
     return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+def job_of(
+    run_dir: str | os.PathLike, figures: str | os.PathLike | None, fmt: str
+) -> dict[str, Any]:
+    """The one line the worker reads: where to draw from, where else to draw to, and as what."""
+    return {
+        "run_dir": str(Path(run_dir).resolve()),
+        "figures": None if figures is None else str(Path(figures).resolve()),
+        "fmt": fmt,
+    }
+
+
 class PlotWorker:
-    """A drawing process, started now, given one run directory later (:meth:`draw`)."""
+    """A drawing process, started now, given one run directory later: :meth:`submit` hands it
+    over as soon as the summary is written, :meth:`draw` waits for the figures."""
 
     def __init__(self) -> None:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
@@ -57,20 +68,43 @@ class PlotWorker:
             )
         except OSError:
             self.proc = None
+        self.job: dict[str, Any] | None = None  # the job handed over, once it is
+
+    def submit(
+        self, run_dir: str | os.PathLike, figures: str | os.PathLike | None, fmt: str
+    ) -> None:
+        """Hand the worker its job now (``run_dir/summary.csv`` written) and return at once:
+        it draws while the command writes the rest; :meth:`draw` collects the answer."""
+        if self.proc is None or self.job is not None:
+            return
+        self.job = job_of(run_dir, figures, fmt)
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(json.dumps(self.job) + "\n")
+            self.proc.stdin.flush()  # communicate() closes it: one job, then the worker ends
+        except OSError:  # a worker that died: draw() reports it
+            pass
+
+    def submit_with(
+        self, figures: str | os.PathLike | None, fmt: str
+    ) -> Callable[[str | os.PathLike], None]:
+        """:meth:`submit` of a run directory still to be written (``madloop.run``'s
+        ``on_summary``)."""
+        return lambda run_dir: self.submit(run_dir, figures, fmt)
 
     def draw(
         self, run_dir: str | os.PathLike, figures: str | os.PathLike | None, fmt: str
     ) -> dict[str, float]:
-        """Draw ``run_dir``'s figures (and ``figures`` as ``fmt``) in the worker; its timings."""
+        """Draw ``run_dir``'s figures (and ``figures`` as ``fmt``) in the worker; its timings.
+        A job already handed over by :meth:`submit` is waited for, not asked again."""
         if self.proc is None:
             raise PlotWorkerFailed("the plot worker did not start")
-        job = {
-            "run_dir": str(Path(run_dir).resolve()),
-            "figures": None if figures is None else str(Path(figures).resolve()),
-            "fmt": fmt,
-        }
+        if self.job is not None and self.job != job_of(run_dir, figures, fmt):
+            self.close()
+            raise PlotWorkerFailed("the plot worker was given another job")
+        self.submit(run_dir, figures, fmt)
         try:
-            out, err = self.proc.communicate(json.dumps(job) + "\n", timeout=600)
+            out, err = self.proc.communicate(timeout=600)
         except (OSError, subprocess.TimeoutExpired) as e:
             self.close()
             raise PlotWorkerFailed(f"the plot worker did not answer ({e})") from None
@@ -86,7 +120,8 @@ class PlotWorker:
         return {str(k): float(v) for k, v in answer["timings"].items()}
 
     def close(self) -> None:
-        """End the worker if it is still waiting (a command that draws nothing after all)."""
+        """End the worker if it is still running (a command that draws nothing after all, or
+        that failed after handing over its job)."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.communicate()
@@ -144,8 +179,6 @@ def serve() -> None:
     except Exception as e:  # noqa: BLE001  (answered; the command draws in-process instead)
         print(json.dumps({"error": f"{type(e).__name__}: {e}"}), flush=True)
         return
-    finally:
-        gc.freeze()  # exit without the last collections over matplotlib's objects (0.1 s)
     print(json.dumps({"timings": timings}), flush=True)
 
 
@@ -186,3 +219,8 @@ def draw_in_two(
 
 if __name__ == "__main__":
     serve()
+    # answered: end as multiprocessing's workers do, without the interpreter's teardown (its
+    # last collections over matplotlib's objects took 0.1 s; the command waits for this exit)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
