@@ -29,9 +29,10 @@ def blas_kernels() -> str:
     return "unknown"
 
 
+RUNNING_KERNELS = blas_kernels()
 #: for a test that compares a run with numbers recorded on the snapshot kernels
 bit_for_bit = pytest.mark.skipif(
-    blas_kernels() != SNAPSHOT_KERNELS,
+    RUNNING_KERNELS != SNAPSHOT_KERNELS,
     reason=f"snapshots were recorded with OpenBLAS {SNAPSHOT_KERNELS} kernels; "
-    f"this BLAS is {blas_kernels()}",
+    f"this BLAS is {RUNNING_KERNELS}",
 )

@@ -127,6 +127,12 @@ if __name__ == "__main__":
     x = a.results.sort_values(key).reset_index(drop=True)
     y = b.results.sort_values(key).reset_index(drop=True)
     assert x.equals(y), "local pool and serial differ"
+    # the families travel to the workers in memory only: no file of either sweep holds them
+    from pathlib import Path
+    files = [p for d in ("a", "b") for p in Path(sys.argv[1], d).rglob("*") if p.is_file()]
+    assert files
+    for f in files:
+        assert b"cloudpickle" not in f.read_bytes(), f"a pickled payload reached {f}"
     print("OK", len(a.results))
 """
 
