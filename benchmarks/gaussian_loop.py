@@ -12,6 +12,10 @@ measured in this one run on this machine, so the printed ratios compare like wit
 - the floor of `sample`: drawing the R·n·d·T standard normals it needs, nothing else; the floor
   of `exact`: drawing its R·T·(d(d+1)/2 normals + d chi-squares), one generator per generation.
 - `exact` at n = 1,000,000 against n = 100: a generation's cost does not depend on n.
+- "flat": the same arithmetic as madloop's bare loop (`draw_stats`, `stats_from_points`, the
+  covariance scaling, the finiteness check) in one flat Python loop, without `Loop`, the model
+  object, the regime or the records: what the loop's structure costs is the gap between the two,
+  and the flat loop against the floor is what the arithmetic itself costs on this machine.
 
 Usage: python benchmarks/gaussian_loop.py [--rounds 3] [--quick]
 """
@@ -32,9 +36,11 @@ import scipy.linalg  # noqa: E402
 
 import madloop.loop as loop_module  # noqa: E402
 from madloop.data.gaussian import GaussianSource  # noqa: E402
+from madloop.linalg import draw_stats, stats_from_points  # noqa: E402
 from madloop.loop import Loop  # noqa: E402
 from madloop.models.gaussian import GaussianFamily  # noqa: E402
 from madloop.regimes import FullySynthetic  # noqa: E402
+from madloop.types import Frame  # noqa: E402
 
 
 def reference_loop(d: int, n: int, T: int, R: int, seed: int, metrics: bool) -> np.ndarray:
@@ -73,12 +79,42 @@ def metrics_off():
         loop_module.evaluate = saved
 
 
-def madloop_loop(d: int, n: int, T: int, R: int, seed: int, *, exact: bool) -> None:
+def madloop_loop(d: int, n: int, T: int, R: int, seed: int, *, exact: bool) -> GaussianFamily:
     real = GaussianSource(np.zeros(d), np.eye(d))
     model = GaussianFamily(R)
     loop = Loop(FullySynthetic(synthetic_size=n), model, real, replicates=R, exact=exact, seed=seed)
     for _ in loop.run(T):
         pass
+    return model
+
+
+def flat_exact(d: int, n: int, T: int, R: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """exact's arithmetic in one flat loop: per generation its generator, the mean and the
+    Bartlett-factored scatter (`draw_stats`), the unbiased scaling and the finiteness check.
+    Returns (mean, factor): the same numbers as the loop's model, bit for bit."""
+    mean, factor = np.zeros((R, d)), np.broadcast_to(np.eye(d), (R, d, d)).copy()
+    scale = np.float64(1.0 / np.sqrt(n - 1))
+    for t in range(1, T + 1):
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0, t, 0)))
+        mean, scatter = draw_stats(mean, factor, n, rng)
+        factor = scatter * scale
+        np.isfinite(mean).all() and np.isfinite(factor).all()
+    return mean, factor
+
+
+def flat_sample(d: int, n: int, T: int, R: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """sample's arithmetic in one flat loop: draws in the model's frame, their statistics
+    (`stats_from_points`), mapped back to the global frame, scaled, checked. Returns (mean,
+    factor): the same numbers as the loop's model, bit for bit."""
+    mean, factor = np.zeros((R, d)), np.broadcast_to(np.eye(d), (R, d, d)).copy()
+    scale = np.float64(1.0 / np.sqrt(n - 1))
+    for t in range(1, T + 1):
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0, t, 0)))
+        local_mean, local_factor = stats_from_points(rng.standard_normal((R, n, d)))
+        mean = Frame(mean, factor).to_global(local_mean[:, None, :])[:, 0, :]
+        factor = (factor @ local_factor) * scale
+        np.isfinite(mean).all() and np.isfinite(factor).all()
+    return mean, factor
 
 
 def floor(d: int, n: int, T: int, R: int, seed: int) -> None:
@@ -131,11 +167,23 @@ def main() -> None:
 
         return run
 
+    with metrics_off():  # like with like: the flat loops compute the loop's own numbers
+        for exact, flat in ((True, flat_exact), (False, flat_sample)):
+            model = madloop_loop(d, n, 5, 20, 0, exact=exact)
+            mean, factor = flat(d, n, 5, 20, 0)
+            same = np.array_equal(model.mean_, mean) and np.array_equal(model.cov_factor_, factor)
+            if not same:
+                mode = "exact" if exact else "sample"
+                raise SystemExit(f"the flat {mode} loop no longer computes the loop's numbers")
+    print("the flat loops give the loop's numbers bit for bit (checked at T = 5, R = 20)")
+
     variants = {
         "ref_bare": lambda: reference_loop(d, n, T, R, 0, metrics=False),
         "ref_full": lambda: reference_loop(d, n, T, R, 0, metrics=True),
         "floor": lambda: floor(d, n, T, R, 0),
         "floor_exact": lambda: floor_exact(d, n, T, R, 0),
+        "flat_sample": lambda: flat_sample(d, n, T, R, 0),
+        "flat_exact": lambda: flat_exact(d, n, T, R, 0),
         "sample_bare": bare(lambda: madloop_loop(d, n, T, R, 0, exact=False)),
         "exact_bare": bare(lambda: madloop_loop(d, n, T, R, 0, exact=True)),
         "exact_big_bare": bare(lambda: madloop_loop(d, big, T, R, 0, exact=True)),
@@ -166,9 +214,21 @@ def main() -> None:
         t["ref_bare"],
         f"({t['sample_bare'] / t['floor']:.2f}x the floor)",
     )
+    row(
+        "  the same arithmetic, flat loop",
+        t["flat_sample"],
+        t["ref_bare"],
+        f"({t['flat_sample'] / t['floor']:.2f}x the floor)",
+    )
     row("floor of exact: its random numbers only", t["floor_exact"], t["ref_bare"])
     fe = t["exact_bare"] / t["floor_exact"]
     row("madloop exact, n = 100", t["exact_bare"], t["ref_bare"], f"({fe:.2f}x its floor)")
+    row(
+        "  the same arithmetic, flat loop",
+        t["flat_exact"],
+        t["ref_bare"],
+        f"({t['flat_exact'] / t['floor_exact']:.2f}x its floor)",
+    )
     row(
         "madloop exact, n = 1,000,000",
         t["exact_big_bare"],
@@ -214,6 +274,17 @@ def main() -> None:
         f"   (its floor itself is {t['ref_bare'] / t['floor_exact']:.1f}x)"
     )
     print(f"  exact n=1e6 <= 1.5x n=100:    {big_b:6.2f}x  {verdict(big_b <= 1.5)}")
+    s_f, e_f = t["sample_bare"] / t["floor"], t["exact_bare"] / t["floor_exact"]
+    flat_s, flat_e = t["flat_sample"] / t["floor"], t["flat_exact"] / t["floor_exact"]
+    print("targets (bare loop against its random-number floor):")
+    print(
+        f"  sample <= 1.3x its floor:      {s_f:6.2f}x  {verdict(s_f <= 1.3)}"
+        f"   (the same arithmetic in a flat loop: {flat_s:.2f}x)"
+    )
+    print(
+        f"  exact <= 1.5x its floor:       {e_f:6.2f}x  {verdict(e_f <= 1.5)}"
+        f"   (the same arithmetic in a flat loop: {flat_e:.2f}x)"
+    )
 
 
 if __name__ == "__main__":
