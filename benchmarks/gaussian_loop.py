@@ -88,31 +88,23 @@ def madloop_loop(d: int, n: int, T: int, R: int, seed: int, *, exact: bool) -> G
     return model
 
 
-def flat_exact(d: int, n: int, T: int, R: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """exact's arithmetic in one flat loop: per generation its generator, the mean and the
-    Bartlett-factored scatter (`draw_stats`), the unbiased scaling and the finiteness check.
-    Returns (mean, factor): the same numbers as the loop's model, bit for bit."""
+def flat_loop(d: int, n: int, T: int, R: int, seed: int, *, exact: bool) -> tuple:
+    """The bare loop's arithmetic in one flat Python loop: per generation its generator, then
+    for `exact` the mean and Bartlett-factored scatter (`draw_stats`), for `sample` the draws in
+    the model's frame, their statistics (`stats_from_points`) mapped back to the global frame;
+    then the unbiased scaling and the finiteness check. Returns (mean, factor): the same numbers
+    as the loop's model, bit for bit."""
     mean, factor = np.zeros((R, d)), np.broadcast_to(np.eye(d), (R, d, d)).copy()
     scale = np.float64(1.0 / np.sqrt(n - 1))
     for t in range(1, T + 1):
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0, t, 0)))
-        mean, scatter = draw_stats(mean, factor, n, rng)
+        if exact:
+            mean, scatter = draw_stats(mean, factor, n, rng)
+        else:
+            local_mean, local_factor = stats_from_points(rng.standard_normal((R, n, d)))
+            mean = Frame(mean, factor).to_global(local_mean[:, None, :])[:, 0, :]
+            scatter = factor @ local_factor
         factor = scatter * scale
-        np.isfinite(mean).all() and np.isfinite(factor).all()
-    return mean, factor
-
-
-def flat_sample(d: int, n: int, T: int, R: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """sample's arithmetic in one flat loop: draws in the model's frame, their statistics
-    (`stats_from_points`), mapped back to the global frame, scaled, checked. Returns (mean,
-    factor): the same numbers as the loop's model, bit for bit."""
-    mean, factor = np.zeros((R, d)), np.broadcast_to(np.eye(d), (R, d, d)).copy()
-    scale = np.float64(1.0 / np.sqrt(n - 1))
-    for t in range(1, T + 1):
-        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0, t, 0)))
-        local_mean, local_factor = stats_from_points(rng.standard_normal((R, n, d)))
-        mean = Frame(mean, factor).to_global(local_mean[:, None, :])[:, 0, :]
-        factor = (factor @ local_factor) * scale
         np.isfinite(mean).all() and np.isfinite(factor).all()
     return mean, factor
 
@@ -168,9 +160,9 @@ def main() -> None:
         return run
 
     with metrics_off():  # like with like: the flat loops compute the loop's own numbers
-        for exact, flat in ((True, flat_exact), (False, flat_sample)):
+        for exact in (True, False):
             model = madloop_loop(d, n, 5, 20, 0, exact=exact)
-            mean, factor = flat(d, n, 5, 20, 0)
+            mean, factor = flat_loop(d, n, 5, 20, 0, exact=exact)
             same = np.array_equal(model.mean_, mean) and np.array_equal(model.cov_factor_, factor)
             if not same:
                 mode = "exact" if exact else "sample"
@@ -182,8 +174,8 @@ def main() -> None:
         "ref_full": lambda: reference_loop(d, n, T, R, 0, metrics=True),
         "floor": lambda: floor(d, n, T, R, 0),
         "floor_exact": lambda: floor_exact(d, n, T, R, 0),
-        "flat_sample": lambda: flat_sample(d, n, T, R, 0),
-        "flat_exact": lambda: flat_exact(d, n, T, R, 0),
+        "flat_sample": lambda: flat_loop(d, n, T, R, 0, exact=False),
+        "flat_exact": lambda: flat_loop(d, n, T, R, 0, exact=True),
         "sample_bare": bare(lambda: madloop_loop(d, n, T, R, 0, exact=False)),
         "exact_bare": bare(lambda: madloop_loop(d, n, T, R, 0, exact=True)),
         "exact_big_bare": bare(lambda: madloop_loop(d, big, T, R, 0, exact=True)),
@@ -205,29 +197,25 @@ def main() -> None:
     def row(name: str, s: float, ref: float, extra: str = "") -> None:
         print(f"  {name:<44s} {s:8.4f} s {ref / s:8.1f}x  {extra}")
 
+    fs, flat_s = t["sample_bare"] / t["floor"], t["flat_sample"] / t["floor"]
+    fe, flat_e = t["exact_bare"] / t["floor_exact"], t["flat_exact"] / t["floor_exact"]
     print("\nbare loop (sample -> refit, no metrics)            time   vs reference")
     row("reference (multivariate_normal + np.cov)", t["ref_bare"], t["ref_bare"])
     row("floor: draw the R*n*d*T normals only", t["floor"], t["ref_bare"])
-    row(
-        "madloop sample",
-        t["sample_bare"],
-        t["ref_bare"],
-        f"({t['sample_bare'] / t['floor']:.2f}x the floor)",
-    )
+    row("madloop sample", t["sample_bare"], t["ref_bare"], f"({fs:.2f}x the floor)")
     row(
         "  the same arithmetic, flat loop",
         t["flat_sample"],
         t["ref_bare"],
-        f"({t['flat_sample'] / t['floor']:.2f}x the floor)",
+        f"({flat_s:.2f}x the floor)",
     )
     row("floor of exact: its random numbers only", t["floor_exact"], t["ref_bare"])
-    fe = t["exact_bare"] / t["floor_exact"]
     row("madloop exact, n = 100", t["exact_bare"], t["ref_bare"], f"({fe:.2f}x its floor)")
     row(
         "  the same arithmetic, flat loop",
         t["flat_exact"],
         t["ref_bare"],
-        f"({t['flat_exact'] / t['floor_exact']:.2f}x its floor)",
+        f"({flat_e:.2f}x its floor)",
     )
     row(
         "madloop exact, n = 1,000,000",
@@ -274,15 +262,13 @@ def main() -> None:
         f"   (its floor itself is {t['ref_bare'] / t['floor_exact']:.1f}x)"
     )
     print(f"  exact n=1e6 <= 1.5x n=100:    {big_b:6.2f}x  {verdict(big_b <= 1.5)}")
-    s_f, e_f = t["sample_bare"] / t["floor"], t["exact_bare"] / t["floor_exact"]
-    flat_s, flat_e = t["flat_sample"] / t["floor"], t["flat_exact"] / t["floor_exact"]
     print("targets (bare loop against its random-number floor):")
     print(
-        f"  sample <= 1.3x its floor:      {s_f:6.2f}x  {verdict(s_f <= 1.3)}"
+        f"  sample <= 1.3x its floor:      {fs:6.2f}x  {verdict(fs <= 1.3)}"
         f"   (the same arithmetic in a flat loop: {flat_s:.2f}x)"
     )
     print(
-        f"  exact <= 1.5x its floor:       {e_f:6.2f}x  {verdict(e_f <= 1.5)}"
+        f"  exact <= 1.5x its floor:       {fe:6.2f}x  {verdict(fe <= 1.5)}"
         f"   (the same arithmetic in a flat loop: {flat_e:.2f}x)"
     )
 
